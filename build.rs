@@ -1,0 +1,26 @@
+//! Compiles the vendored googleapis protos in `proto/` into prost messages and tonic stubs.
+//!
+//! `protox` parses the protos in pure Rust, so no `protoc` is needed on the machine. Server stubs
+//! are generated only for the `testing` feature (the mock server), keeping backends that link the
+//! client alone free of server code.
+
+const PROTOS: &[&str] = &[
+    "google/cloud/tasks/v2/cloudtasks.proto",
+    "google/cloud/tasks/v2/queue.proto",
+    "google/cloud/tasks/v2/task.proto",
+    "google/cloud/tasks/v2/target.proto",
+    "google/cloud/tasks/v2/cmek_config.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    println!("cargo:rerun-if-env-changed=CARGO_FEATURE_TESTING");
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let server_stubs = std::env::var_os("CARGO_FEATURE_TESTING").is_some();
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(server_stubs)
+        .include_file("google_apis.rs")
+        .compile_fds(descriptors)?;
+    Ok(())
+}
