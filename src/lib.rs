@@ -1,1 +1,51 @@
+//! Enqueue document-processing jobs on Google Cloud Tasks over gRPC.
+//!
+//! An upload endpoint calls [`CloudTasksClient::create_document_processing_task`] and gets the
+//! created task back in milliseconds; Cloud Tasks later POSTs the job to the backend's
+//! `/api/tasks/process-document` endpoint with an OIDC token for a service account.
+//!
+//! ```no_run
+//! # async fn upload() -> Result<(), cloud_tasks::Error> {
+//! use cloud_tasks::{CloudTasksClient, Settings};
+//!
+//! let settings = Settings::from_env()?;
+//! if settings.is_cloud_tasks_configured() {
+//!     let client = CloudTasksClient::from_settings(&settings)?;
+//!     let task = client
+//!         .create_document_processing_task(uuid::Uuid::new_v4(), "invoice.pdf")
+//!         .await?;
+//!     println!("enqueued {}", task.name);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Features
+//! - `testing`: [`testing::MockCloudTasks`], an in-process Cloud Tasks server for tests.
+//! - `cli`: the `cloud-tasks` command-line tool.
+//!
+//! See `ARCHITECTURE.md` for the path of a request through the modules.
 
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod auth;
+mod client;
+mod config;
+mod error;
+mod payload;
+pub mod proto;
+mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod validate;
+
+pub use client::{
+    ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_ENDPOINT,
+};
+pub use config::{EMULATOR_HOST_VAR, Settings, Target};
+pub use error::{ConfigError, ConfigProblem, Error};
+pub use google_cloud_auth::credentials::Credentials;
+pub use payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
+pub use task::{DEFAULT_DISPATCH_DEADLINE, HttpTask};
+pub use uuid::Uuid;

@@ -1,0 +1,433 @@
+//! `CloudTasksClient`: builds tasks for the backend's queue and sends them with `CreateTask`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use google_cloud_auth::credentials::Credentials;
+use http::HeaderMap;
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use uuid::Uuid;
+
+use crate::auth::{self, Auth};
+use crate::config::{Settings, Target};
+use crate::error::{self, CallContext, Error};
+use crate::payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
+use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
+use crate::task::{DEFAULT_DISPATCH_DEADLINE, HttpTask};
+use crate::validate;
+
+/// Google's global Cloud Tasks endpoint.
+pub const DEFAULT_ENDPOINT: &str = "https://cloudtasks.googleapis.com";
+/// Per-attempt deadline of a `CreateTask` call, as in Google's own clients.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long establishing the connection may take before a call fails.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const USER_AGENT: &str = concat!("cloud-tasks-rs/", env!("CARGO_PKG_VERSION"));
+
+/// A client for one queue and one receiving backend.
+///
+/// Cheap to clone: clones share one lazily connected HTTP/2 channel and one set of credentials.
+/// Build it with [`CloudTasksClient::builder`] or [`CloudTasksClient::from_settings`], inside a
+/// Tokio runtime.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), cloud_tasks::Error> {
+/// use cloud_tasks::{CloudTasksClient, Settings};
+///
+/// let settings = Settings::from_env()?;
+/// let client = CloudTasksClient::from_settings(&settings)?;
+/// let task = client
+///     .create_document_processing_task(uuid::Uuid::new_v4(), "report.pdf")
+///     .await?;
+/// println!("enqueued {}", task.name);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct CloudTasksClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    target: Target,
+    endpoint: String,
+    stub: RawCloudTasksClient<Channel>,
+    auth: Auth,
+    /// Routing and client-identity headers, computed once.
+    call_headers: HeaderMap,
+    attempt_timeout: Duration,
+}
+
+impl CloudTasksClient {
+    /// Starts a builder; every value it needs is set with a `with_*` method.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A client for the queue and backend named by `settings`, talking to the emulator when
+    /// `CLOUD_TASKS_EMULATOR_HOST` is set and to Google with Application Default Credentials
+    /// otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Config`] listing every missing or malformed setting; [`Error::Auth`] if the
+    /// credentials cannot be loaded.
+    pub fn from_settings(settings: &Settings) -> Result<Self, Error> {
+        let builder = Self::builder()
+            .with_project_id(&settings.gcp_project_id)
+            .with_location(&settings.gcp_location)
+            .with_queue(&settings.cloud_tasks_queue)
+            .with_service_url(&settings.cloud_run_service_url)
+            .with_service_account_email(&settings.cloud_run_service_account);
+        match &settings.emulator_host {
+            Some(host) => builder.with_emulator_host(host),
+            None => builder,
+        }
+        .build()
+    }
+
+    /// `projects/{project}/locations/{location}/queues/{queue}`.
+    pub fn queue_path(&self) -> &str {
+        self.inner.target.queue_path()
+    }
+
+    /// The validated queue and backend this client enqueues for.
+    pub fn target(&self) -> &Target {
+        &self.inner.target
+    }
+
+    /// The endpoint calls go to.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// The full name a task with `task_id` gets in this client's queue.
+    pub fn task_name(&self, task_id: &str) -> String {
+        format!("{}/tasks/{task_id}", self.queue_path())
+    }
+
+    /// Enqueues processing of an uploaded document, as the Python backend did:
+    /// `POST {service_url}/api/tasks/process-document` with the JSON body
+    /// `{"document_id": ..., "filename": ...}`, an OIDC token for the service account with the
+    /// service URL as audience, and a 600 s dispatch deadline.
+    ///
+    /// # Errors
+    /// See [`CloudTasksClient::create_http_task`].
+    pub async fn create_document_processing_task(
+        &self,
+        document_id: Uuid,
+        filename: &str,
+    ) -> Result<Task, Error> {
+        let started = Instant::now();
+        validate::document(document_id, filename).map_err(Error::InvalidTask)?;
+        let payload = ProcessDocumentPayload {
+            document_id,
+            filename: filename.to_owned(),
+        };
+        let task = HttpTask::post(PROCESS_DOCUMENT_PATH)
+            .with_json_body(payload.to_json_bytes())
+            .with_dispatch_deadline(DEFAULT_DISPATCH_DEADLINE);
+        let created = self.create_http_task(task).await?;
+        tracing::info!(
+            queue = self.queue_path(),
+            %document_id,
+            task = %created.name,
+            latency_ms = started.elapsed().as_millis(),
+            "enqueued document processing task"
+        );
+        Ok(created)
+    }
+
+    /// Enqueues any HTTP task for the backend: `task`'s path under the service URL, with the
+    /// client's OIDC token.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTask`] before anything is sent if the task breaks a Cloud Tasks rule;
+    /// otherwise what Cloud Tasks answered ([`Error::Rpc`]), a [`Error::Timeout`], or an
+    /// [`Error::Auth`]. Check [`Error::task_may_exist`] before enqueuing again.
+    pub async fn create_http_task(&self, task: HttpTask) -> Result<Task, Error> {
+        let target = &self.inner.target;
+        let task = task.into_proto(
+            target.queue_path(),
+            target.service_url(),
+            target.service_account_email(),
+            SystemTime::now(),
+        )?;
+        let request = CreateTaskRequest {
+            parent: target.queue_path().to_owned(),
+            task: Some(task),
+            ..CreateTaskRequest::default()
+        };
+        let started = Instant::now();
+        let result = self.send_create_task(request).await;
+        match &result {
+            Ok(created) => tracing::debug!(
+                queue = target.queue_path(),
+                task = %created.name,
+                latency_ms = started.elapsed().as_millis(),
+                "CreateTask succeeded"
+            ),
+            Err(error) => tracing::warn!(
+                queue = target.queue_path(),
+                latency_ms = started.elapsed().as_millis(),
+                %error,
+                "CreateTask failed"
+            ),
+        }
+        result
+    }
+
+    async fn send_create_task(&self, request: CreateTaskRequest) -> Result<Task, Error> {
+        let inner = &*self.inner;
+        let mut headers = inner.call_headers.clone();
+        inner.auth.add_headers(&mut headers).await?;
+        let mut request = tonic::Request::from_parts(
+            MetadataMap::from_headers(headers),
+            tonic::Extensions::default(),
+            request,
+        );
+        request.set_timeout(inner.attempt_timeout);
+        let call = CallContext {
+            queue: inner.target.queue_path(),
+            service_account: inner.target.service_account_email(),
+            attempt_timeout: inner.attempt_timeout,
+        };
+        let mut stub = inner.stub.clone();
+        // The channel enforces the grpc-timeout too; this also bounds time spent connecting.
+        match tokio::time::timeout(inner.attempt_timeout, stub.create_task(request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(error::from_status(status, call)),
+            Err(_elapsed) => Err(Error::Timeout {
+                after: inner.attempt_timeout,
+            }),
+        }
+    }
+}
+
+/// Where calls go and how they authenticate.
+#[derive(Debug, Clone)]
+enum Transport {
+    /// TLS to Google (or a regional/private endpoint) with Google credentials.
+    Google {
+        endpoint: String,
+        credentials: Option<Credentials>,
+    },
+    /// Plaintext to an emulator at `host:port`, without credentials.
+    Emulator { host: String },
+}
+
+/// Builds a [`CloudTasksClient`]; every target value is checked by [`ClientBuilder::build`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ClientBuilder {
+    project_id: String,
+    location: String,
+    queue: String,
+    service_url: String,
+    service_account_email: String,
+    transport: Transport,
+    attempt_timeout: Duration,
+    connect_timeout: Duration,
+    ca_certificate_pem: Option<Vec<u8>>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        let defaults = Settings::default();
+        Self {
+            project_id: defaults.gcp_project_id,
+            location: defaults.gcp_location,
+            queue: defaults.cloud_tasks_queue,
+            service_url: defaults.cloud_run_service_url,
+            service_account_email: defaults.cloud_run_service_account,
+            transport: Transport::Google {
+                endpoint: DEFAULT_ENDPOINT.to_owned(),
+                credentials: None,
+            },
+            attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            ca_certificate_pem: None,
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The Google Cloud project that owns the queue (`GCP_PROJECT_ID`).
+    pub fn with_project_id(mut self, project_id: impl Into<String>) -> Self {
+        self.project_id = project_id.into();
+        self
+    }
+
+    /// The queue's region (`GCP_LOCATION`, default `us-central1`).
+    pub fn with_location(mut self, location: impl Into<String>) -> Self {
+        self.location = location.into();
+        self
+    }
+
+    /// The queue's short ID (`CLOUD_TASKS_QUEUE`, default `document-processing`).
+    pub fn with_queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// The backend's base URL (`CLOUD_RUN_SERVICE_URL`); also the OIDC audience.
+    pub fn with_service_url(mut self, service_url: impl Into<String>) -> Self {
+        self.service_url = service_url.into();
+        self
+    }
+
+    /// The service account Cloud Tasks mints OIDC tokens for (`CLOUD_RUN_SERVICE_ACCOUNT`).
+    pub fn with_service_account_email(mut self, email: impl Into<String>) -> Self {
+        self.service_account_email = email.into();
+        self
+    }
+
+    /// An `https://` endpoint other than Google's global one: a regional or Private Service
+    /// Connect endpoint. Plaintext is only possible through [`ClientBuilder::with_emulator_host`].
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        let credentials = match self.transport {
+            Transport::Google { credentials, .. } => credentials,
+            Transport::Emulator { .. } => None,
+        };
+        self.transport = Transport::Google {
+            endpoint: endpoint.into(),
+            credentials,
+        };
+        self
+    }
+
+    /// Credentials to use instead of Application Default Credentials.
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        let endpoint = match self.transport {
+            Transport::Google { endpoint, .. } => endpoint,
+            Transport::Emulator { .. } => DEFAULT_ENDPOINT.to_owned(),
+        };
+        self.transport = Transport::Google {
+            endpoint,
+            credentials: Some(credentials),
+        };
+        self
+    }
+
+    /// Talks plaintext to an emulator at `host:port` and sends no credentials.
+    pub fn with_emulator_host(mut self, host: impl Into<String>) -> Self {
+        self.transport = Transport::Emulator { host: host.into() };
+        self
+    }
+
+    /// Also trusts this CA (PEM) for the endpoint's TLS certificate: for a private endpoint
+    /// behind a proxy with its own CA, or a local TLS test server.
+    pub fn with_ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_certificate_pem = Some(pem.into());
+        self
+    }
+
+    /// Deadline of one `CreateTask` attempt (default 20 s).
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// Deadline for establishing the connection (default 5 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Checks the values and creates the client. Connecting happens on the first call.
+    ///
+    /// Call it inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Config`] listing every bad value, [`Error::Transport`] for an unusable endpoint,
+    /// [`Error::Auth`] if Application Default Credentials cannot be loaded.
+    pub fn build(self) -> Result<CloudTasksClient, Error> {
+        let target = Target::new(
+            &self.project_id,
+            &self.location,
+            &self.queue,
+            &self.service_url,
+            &self.service_account_email,
+        )?;
+        let (endpoint, auth) = match self.transport {
+            Transport::Emulator { host } => {
+                validate::emulator_host(&host).map_err(|message| {
+                    crate::ConfigError::new(vec![crate::error::ConfigProblem {
+                        setting: crate::config::EMULATOR_HOST_VAR,
+                        message,
+                    }])
+                })?;
+                (format!("http://{host}"), Auth::None)
+            }
+            Transport::Google {
+                endpoint,
+                credentials,
+            } => {
+                let auth = match credentials {
+                    Some(credentials) => Auth::Google(credentials),
+                    None => Auth::application_default()?,
+                };
+                (endpoint, auth)
+            }
+        };
+        let tls = match auth {
+            Auth::Google(_) => Some(self.ca_certificate_pem),
+            Auth::None => None,
+        };
+        let channel = connect_lazily(&endpoint, tls, self.connect_timeout)?;
+        Ok(CloudTasksClient {
+            inner: Arc::new(Inner {
+                call_headers: auth::queue_call_headers(target.queue_path()),
+                target,
+                endpoint,
+                stub: RawCloudTasksClient::new(channel),
+                auth,
+                attempt_timeout: self.attempt_timeout,
+            }),
+        })
+    }
+}
+
+/// A channel that connects on first use. With `tls`, the endpoint must be `https` and is
+/// verified against the system and webpki roots, plus the extra CA if one is given.
+fn connect_lazily(
+    endpoint: &str,
+    tls: Option<Option<Vec<u8>>>,
+    connect_timeout: Duration,
+) -> Result<Channel, Error> {
+    let transport_error = |source| Error::Transport {
+        endpoint: endpoint.to_owned(),
+        source,
+    };
+    let mut builder = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(transport_error)?
+        .user_agent(USER_AGENT)
+        .map_err(transport_error)?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true);
+    if let Some(extra_ca) = tls {
+        let uri = builder.uri();
+        if uri.scheme_str() != Some("https") {
+            return Err(Error::Config(crate::ConfigError::new(vec![
+                crate::error::ConfigProblem {
+                    setting: "endpoint",
+                    message: format!(
+                        "endpoint {endpoint:?} must use https://; plaintext is only for emulators \
+                         (set CLOUD_TASKS_EMULATOR_HOST=host:port)"
+                    ),
+                },
+            ])));
+        }
+        let domain = uri.host().unwrap_or_default().to_owned();
+        let mut tls_config = ClientTlsConfig::new()
+            .with_enabled_roots()
+            .domain_name(domain);
+        if let Some(pem) = extra_ca {
+            tls_config = tls_config.ca_certificate(Certificate::from_pem(pem));
+        }
+        builder = builder.tls_config(tls_config).map_err(transport_error)?;
+    }
+    Ok(builder.connect_lazy())
+}

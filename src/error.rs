@@ -1,0 +1,259 @@
+//! The one error type of this crate, and the one place that interprets a `tonic::Status`.
+
+use std::fmt;
+use std::time::Duration;
+
+use tonic::Code;
+
+/// Everything that can go wrong when building a client or enqueuing a task.
+///
+/// Messages say what to do about the problem. Use the predicates ([`Error::is_not_found`],
+/// [`Error::task_may_exist`], ...) rather than matching on messages; [`std::error::Error::source`]
+/// gives the underlying cause (a `tonic::Status`, a transport or a credentials error).
+///
+/// No variant carries an access token, an OIDC token or key material: neither `Display` nor
+/// `Debug` can leak one.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The settings or builder values are missing or malformed. Nothing was sent.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// The task was rejected before anything was sent (bad path, header, size, deadline...).
+    #[error("invalid task: {0}")]
+    InvalidTask(String),
+
+    /// Cloud Tasks answered the call with an error status.
+    #[error("{message}")]
+    Rpc {
+        /// What happened and what to do about it.
+        message: String,
+        /// The status as received.
+        #[source]
+        status: tonic::Status,
+    },
+
+    /// The attempt did not complete within its deadline. The request may have reached Cloud
+    /// Tasks, so the task may or may not exist.
+    #[error(
+        "Cloud Tasks did not answer within {after:?}; the task may or may not exist. \
+         Check the queue before enqueuing again, or use de-duplicated (named) tasks"
+    )]
+    Timeout {
+        /// The deadline that expired.
+        after: Duration,
+    },
+
+    /// Google credentials could not be loaded or could not produce an access token.
+    #[error(
+        "cannot get Google credentials: {source}. Run `gcloud auth application-default login` \
+         locally, set GOOGLE_APPLICATION_CREDENTIALS to a key file, or run on Google Cloud with an \
+         attached service account"
+    )]
+    Auth {
+        /// The credentials error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// The endpoint could not be configured (bad URI or TLS setup). Nothing was sent.
+    #[error("cannot set up the connection to {endpoint}: {source}")]
+    Transport {
+        /// The endpoint that was being configured.
+        endpoint: String,
+        /// The transport error.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+impl Error {
+    /// The gRPC status code Cloud Tasks answered with, if the call got that far.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Self::Rpc { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+
+    /// The queue (or another named resource) does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.code() == Some(Code::NotFound)
+    }
+
+    /// The caller lacks an IAM permission (enqueuer on the queue, or `actAs` on the OIDC account).
+    pub fn is_permission_denied(&self) -> bool {
+        self.code() == Some(Code::PermissionDenied)
+    }
+
+    /// A task with the same name exists or existed recently.
+    pub fn is_already_exists(&self) -> bool {
+        self.code() == Some(Code::AlreadyExists)
+    }
+
+    /// Cloud Tasks rejected the request as malformed.
+    pub fn is_invalid_argument(&self) -> bool {
+        self.code() == Some(Code::InvalidArgument)
+    }
+
+    /// The call carried no valid credentials.
+    pub fn is_unauthenticated(&self) -> bool {
+        self.code() == Some(Code::Unauthenticated)
+    }
+
+    /// Settings, builder values or the task were rejected locally; nothing was sent.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Self::Config(_) | Self::InvalidTask(_) | Self::Transport { .. }
+        )
+    }
+
+    /// Credentials could not be obtained.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, Self::Auth { .. })
+    }
+
+    /// The call timed out, on this side or on the server.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. }) || self.code() == Some(Code::DeadlineExceeded)
+    }
+
+    /// The failure is transient: the same call may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+            || matches!(
+                self.code(),
+                Some(Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted)
+            )
+    }
+
+    /// The request may have reached Cloud Tasks and created the task even though the call
+    /// failed. Enqueuing again without a task name could create a duplicate.
+    pub fn task_may_exist(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+            || matches!(
+                self.code(),
+                Some(Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal)
+            )
+    }
+}
+
+/// Where a call was going, for error messages that name the resource at fault.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallContext<'a> {
+    pub(crate) queue: &'a str,
+    pub(crate) service_account: &'a str,
+    pub(crate) attempt_timeout: Duration,
+}
+
+/// Turns a status from Cloud Tasks into an [`Error`] whose message says what to do.
+///
+/// This is the only function in the crate that interprets status codes.
+pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error {
+    let CallContext {
+        queue,
+        service_account,
+        attempt_timeout,
+    } = call;
+    // tonic reports its own enforcement of the grpc-timeout as CANCELLED.
+    if status.code() == Code::Cancelled && caused_by::<tonic::TimeoutExpired>(&status) {
+        return Error::Timeout {
+            after: attempt_timeout,
+        };
+    }
+    let detail = status.message();
+    let (project_location, queue_id) = queue.rsplit_once("/queues/").unwrap_or((queue, queue));
+    let message = match status.code() {
+        Code::NotFound => format!(
+            "queue {queue_id:?} does not exist in {project_location}: create it \
+             (`gcloud tasks queues create {queue_id}`) or fix CLOUD_TASKS_QUEUE / GCP_LOCATION \
+             / GCP_PROJECT_ID ({detail})"
+        ),
+        Code::PermissionDenied => format!(
+            "permission denied: the caller needs roles/cloudtasks.enqueuer on {queue} and \
+             roles/iam.serviceAccountUser (iam.serviceAccounts.actAs) on the OIDC service account \
+             {service_account} ({detail})"
+        ),
+        Code::AlreadyExists => format!(
+            "a task with this name already exists in {queue}, or existed within about the last \
+             hour; the document was already enqueued ({detail})"
+        ),
+        Code::InvalidArgument => {
+            format!("Cloud Tasks rejected the request as invalid: {detail}")
+        }
+        Code::Unauthenticated => format!(
+            "Cloud Tasks did not accept the credentials: {detail}. Run `gcloud auth \
+             application-default login` locally, or check the service account attached to the \
+             workload"
+        ),
+        Code::Unavailable | Code::DeadlineExceeded => format!(
+            "Cloud Tasks is unavailable or timed out ({code:?}: {detail}); the task may or may \
+             not exist. Check the queue before enqueuing again, or use de-duplicated (named) \
+             tasks",
+            code = status.code()
+        ),
+        Code::ResourceExhausted => format!(
+            "Cloud Tasks quota exhausted for {queue}: {detail}. Slow down and retry later, or \
+             raise the quota"
+        ),
+        code => format!("Cloud Tasks call failed ({code:?}): {detail}"),
+    };
+    Error::Rpc { message, status }
+}
+
+fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<E>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// Settings or builder values that cannot make a working client.
+///
+/// Lists every problem at once, each naming the variable, the bad value and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub(crate) problems: Vec<ConfigProblem>,
+}
+
+/// One missing or malformed setting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The environment variable (or builder setting) at fault, e.g. `GCP_PROJECT_ID`.
+    pub setting: &'static str,
+    /// What is wrong with its value and how to fix it.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(problems: Vec<ConfigProblem>) -> Self {
+        debug_assert!(!problems.is_empty());
+        Self { problems }
+    }
+
+    /// Every problem found.
+    pub fn problems(&self) -> &[ConfigProblem] {
+        &self.problems
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cloud Tasks is not configured correctly: ")?;
+        for (index, problem) in self.problems.iter().enumerate() {
+            if index > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", problem.setting, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,202 @@
+//! `HttpTask`: what a caller wants Cloud Tasks to deliver, before it becomes a proto `Task`.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use crate::error::Error;
+use crate::proto::{HttpMethod, HttpRequest, MessageType, OidcToken, Task};
+use crate::validate;
+
+/// The deadline the Python backend gave document-processing tasks (also Cloud Tasks' default).
+pub const DEFAULT_DISPATCH_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Cloud Tasks keeps `schedule_time` at most this far ahead.
+const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// The task size the `Task` proto documents as the maximum.
+pub(crate) const MAX_TASK_BYTES: usize = 100 * 1024;
+
+/// Headers Cloud Tasks sets or reserves itself; a task may not set them.
+fn is_reserved_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "host" | "content-length" | "user-agent" | "authorization"
+    ) || name.starts_with("x-google-")
+        || name.starts_with("x-appengine-")
+}
+
+/// An HTTP request for Cloud Tasks to deliver to a path of the backend's service URL, with the
+/// client's OIDC token.
+///
+/// ```
+/// use std::time::Duration;
+/// use cloud_tasks::HttpTask;
+///
+/// let task = HttpTask::post("/api/tasks/reindex")
+///     .with_json_body(br#"{"all": true}"#.to_vec())
+///     .with_header("X-Request-Origin", "nightly")
+///     .with_dispatch_deadline(Duration::from_secs(120));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpTask {
+    pub(crate) path: String,
+    pub(crate) method: HttpMethod,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) dispatch_deadline: Duration,
+    pub(crate) schedule_time: Option<SystemTime>,
+    pub(crate) task_id: Option<String>,
+}
+
+impl HttpTask {
+    /// A task that sends `method` to `path` (which starts with `/`) under the service URL.
+    pub fn new(method: HttpMethod, path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            method,
+            headers: Vec::new(),
+            body: Vec::new(),
+            dispatch_deadline: DEFAULT_DISPATCH_DEADLINE,
+            schedule_time: None,
+            task_id: None,
+        }
+    }
+
+    /// A `POST` to `path`.
+    pub fn post(path: impl Into<String>) -> Self {
+        Self::new(HttpMethod::Post, path)
+    }
+
+    /// Sets the body, as is.
+    #[must_use]
+    pub fn with_body(mut self, body: Vec<u8>) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Sets a JSON body and `Content-Type: application/json` (Cloud Tasks sets no content type).
+    #[must_use]
+    pub fn with_json_body(self, json: Vec<u8>) -> Self {
+        self.with_header("Content-Type", "application/json")
+            .with_body(json)
+    }
+
+    /// Adds a header for Cloud Tasks to send; a later value for the same name replaces it.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let name = name.into();
+        self.headers
+            .retain(|(existing, _)| !existing.eq_ignore_ascii_case(&name));
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// How long Cloud Tasks waits for the handler's answer (15 s to 30 min; default 10 min).
+    #[must_use]
+    pub fn with_dispatch_deadline(mut self, deadline: Duration) -> Self {
+        self.dispatch_deadline = deadline;
+        self
+    }
+
+    /// Delivers no earlier than `time` (at most 30 days ahead).
+    #[must_use]
+    pub fn with_schedule_time(mut self, time: SystemTime) -> Self {
+        self.schedule_time = Some(time);
+        self
+    }
+
+    /// Names the task `{queue}/tasks/{task_id}`, so Cloud Tasks refuses a second task with the
+    /// same ID (`[A-Za-z0-9_-]{1,500}`; prefer hashed, well-distributed IDs).
+    #[must_use]
+    pub fn with_task_id(mut self, task_id: impl Into<String>) -> Self {
+        self.task_id = Some(task_id.into());
+        self
+    }
+
+    /// The task ID, if the task is named.
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_id.as_deref()
+    }
+
+    /// Checks the task against Cloud Tasks' rules and turns it into the proto `Task`.
+    pub(crate) fn into_proto(
+        self,
+        queue_path: &str,
+        service_url: &str,
+        service_account_email: &str,
+        now: SystemTime,
+    ) -> Result<Task, Error> {
+        let invalid = Error::InvalidTask;
+        if !self.path.starts_with('/') {
+            return Err(invalid(format!(
+                "path {:?} must start with '/'; it is appended to the service URL",
+                self.path
+            )));
+        }
+        validate::dispatch_deadline(self.dispatch_deadline).map_err(invalid)?;
+        if let Some(task_id) = &self.task_id {
+            validate::task_id(task_id).map_err(invalid)?;
+        }
+        if let Some((name, _)) = self
+            .headers
+            .iter()
+            .find(|(name, _)| is_reserved_header(name))
+        {
+            return Err(invalid(format!(
+                "header {name:?} is set or reserved by Cloud Tasks; remove it"
+            )));
+        }
+        let schedule_time = match self.schedule_time {
+            Some(time) if time > now + MAX_SCHEDULE_AHEAD => {
+                return Err(invalid(format!(
+                    "schedule time is {} s ahead; Cloud Tasks accepts at most 30 days ({} s)",
+                    time.duration_since(now).unwrap_or_default().as_secs(),
+                    MAX_SCHEDULE_AHEAD.as_secs()
+                )));
+            }
+            Some(time) => Some(prost_types::Timestamp::from(time)),
+            None => None,
+        };
+        let url = format!("{service_url}{}", self.path);
+        if url.len() > validate::MAX_URL_LEN {
+            return Err(invalid(format!(
+                "task URL is {} characters long; Cloud Tasks accepts at most {}",
+                url.len(),
+                validate::MAX_URL_LEN
+            )));
+        }
+        let task = Task {
+            name: self
+                .task_id
+                .map(|id| format!("{queue_path}/tasks/{id}"))
+                .unwrap_or_default(),
+            schedule_time,
+            dispatch_deadline: Some(
+                prost_types::Duration::try_from(self.dispatch_deadline)
+                    .expect("deadline was checked to be at most 30 minutes"),
+            ),
+            message_type: Some(MessageType::HttpRequest(HttpRequest {
+                url,
+                http_method: self.method.into(),
+                headers: self.headers.into_iter().collect::<HashMap<_, _>>(),
+                body: self.body,
+                authorization_header: Some(crate::proto::AuthorizationHeader::OidcToken(
+                    OidcToken {
+                        service_account_email: service_account_email.to_owned(),
+                        audience: service_url.to_owned(),
+                    },
+                )),
+            })),
+            ..Task::default()
+        };
+        let size = prost::Message::encoded_len(&task);
+        if size > MAX_TASK_BYTES {
+            return Err(invalid(format!(
+                "task is {size} bytes encoded; Cloud Tasks accepts at most {MAX_TASK_BYTES} \
+                 (store large payloads elsewhere and send a reference)"
+            )));
+        }
+        Ok(task)
+    }
+}

@@ -1,0 +1,131 @@
+//! Values and local servers shared by the integration tests.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cloud_tasks::testing::MockCloudTasks;
+use cloud_tasks::{ClientBuilder, CloudTasksClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub const PROJECT: &str = "my-project";
+pub const LOCATION: &str = "us-central1";
+pub const QUEUE: &str = "document-processing";
+pub const QUEUE_PATH: &str = "projects/my-project/locations/us-central1/queues/document-processing";
+pub const SERVICE_URL: &str = "https://backend-abc123-uc.a.run.app";
+pub const SERVICE_ACCOUNT: &str = "tasks-invoker@my-project.iam.gserviceaccount.com";
+
+/// A builder with every target value set (the service URL with a trailing slash, which the
+/// client must strip).
+pub fn builder() -> ClientBuilder {
+    CloudTasksClient::builder()
+        .with_project_id(PROJECT)
+        .with_location(LOCATION)
+        .with_queue(QUEUE)
+        .with_service_url(format!("{SERVICE_URL}/"))
+        .with_service_account_email(SERVICE_ACCOUNT)
+}
+
+/// A plaintext mock server and a client talking to it in emulator mode.
+pub async fn mock_and_client() -> (MockCloudTasks, CloudTasksClient) {
+    let server = MockCloudTasks::start().await.expect("bind the mock server");
+    let client = builder()
+        .with_emulator_host(server.host())
+        .build()
+        .expect("valid client settings");
+    (server, client)
+}
+
+/// A local OAuth token endpoint that answers every request with `token`, or with `status` 400.
+pub struct TokenEndpoint {
+    pub url: String,
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl TokenEndpoint {
+    pub fn request_count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+pub async fn token_endpoint(token: Option<&'static str>) -> TokenEndpoint {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/token", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // The request fits one read; its content does not matter here.
+                let mut buffer = vec![0; 64 * 1024];
+                if stream.read(&mut buffer).await.is_err() {
+                    return;
+                }
+                let (status, body) = match token {
+                    Some(token) => (
+                        "200 OK",
+                        format!(
+                            r#"{{"access_token":"{token}","expires_in":3600,"token_type":"Bearer"}}"#
+                        ),
+                    ),
+                    None => (
+                        "400 Bad Request",
+                        r#"{"error":"invalid_grant","error_description":"Bad Request"}"#.to_owned(),
+                    ),
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(response.as_bytes()).await.ok();
+                stream.shutdown().await.ok();
+            });
+        }
+    });
+    TokenEndpoint { url, requests }
+}
+
+/// An `authorized_user` credentials file (as `gcloud auth application-default login` writes)
+/// whose token endpoint is `token_uri`.
+pub fn authorized_user_json(token_uri: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": "authorized_user",
+        "client_id": "test-client.apps.googleusercontent.com",
+        "client_secret": "test-client-secret",
+        "refresh_token": "test-refresh-token",
+        "token_uri": token_uri,
+    })
+}
+
+/// Credentials that get their access token from `token_uri`.
+pub fn credentials(token_uri: &str) -> cloud_tasks::Credentials {
+    google_cloud_auth::credentials::user_account::Builder::new(authorized_user_json(token_uri))
+        .build()
+        .unwrap()
+}
+
+/// A TLS mock server and a client with credentials from `token_uri` that trusts its certificate.
+pub async fn tls_server_and_client(token_uri: &str) -> (MockCloudTasks, CloudTasksClient) {
+    let (cert, key) = self_signed_cert();
+    let server = MockCloudTasks::start_tls(cert.as_bytes(), key.as_bytes())
+        .await
+        .unwrap();
+    let client = builder()
+        .with_endpoint(server.uri())
+        .with_ca_certificate(cert)
+        .with_credentials(credentials(token_uri))
+        .build()
+        .unwrap();
+    (server, client)
+}
+
+/// A self-signed certificate for 127.0.0.1: (certificate PEM, key PEM).
+pub fn self_signed_cert() -> (String, String) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    (certified.cert.pem(), certified.signing_key.serialize_pem())
+}
