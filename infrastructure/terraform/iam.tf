@@ -2,7 +2,8 @@
 # nothing to allUsers or allAuthenticatedUsers: tests/terraform.rs fails the build otherwise.
 
 # CreateTask on this queue. Without it: PERMISSION_DENIED "The principal (user or service
-# account) lacks IAM permission "cloudtasks.tasks.create" for the resource".
+# account) lacks IAM permission "cloudtasks.tasks.create" for the resource "projects/.../queues/
+# document-processing" (or the resource may not exist)".
 resource "google_cloud_tasks_queue_iam_member" "backend_enqueuer" {
   project  = google_cloud_tasks_queue.documents.project
   location = google_cloud_tasks_queue.documents.location
@@ -12,8 +13,9 @@ resource "google_cloud_tasks_queue_iam_member" "backend_enqueuer" {
 }
 
 # iam.serviceAccounts.actAs on the invoker account, needed to put that account in a task's
-# OIDC token. Without it CreateTask fails with PERMISSION_DENIED naming
-# "iam.serviceAccounts.actAs" on the invoker account, although the enqueuer role is in place.
+# OIDC token. Without it CreateTask fails, although the enqueuer role is in place, with
+# PERMISSION_DENIED "The principal (user or service account) lacks IAM permission
+# "iam.serviceAccounts.actAs" for the resource "<invoker email>"".
 resource "google_service_account_iam_member" "backend_act_as_invoker" {
   service_account_id = google_service_account.task_invoker.name
   role               = "roles/iam.serviceAccountUser"
