@@ -83,7 +83,7 @@ variable "request_timeout" {
   validation {
     condition = can(regex("^[0-9]+s$", var.request_timeout)) && try(
       tonumber(trimsuffix(var.request_timeout, "s")) >= 600 && tonumber(trimsuffix(var.request_timeout, "s")) <= 3600,
-      false,
+      false
     )
     error_message = "request_timeout must be whole seconds such as \"900s\", between \"600s\" (the tasks' dispatch deadline) and \"3600s\" (the Cloud Run maximum)."
   }
