@@ -44,7 +44,7 @@ variable "service_name" {
 }
 
 variable "container_image" {
-  description = "Container image of the backend, e.g. europe-west1-docker.pkg.dev/PROJECT/REPO/backend@sha256:DIGEST. Pin a digest for reproducible deploys."
+  description = "Container image of the backend, as REGISTRY_HOST/PATH/IMAGE@sha256:DIGEST. Pin a digest for reproducible deploys."
   type        = string
 
   validation {
