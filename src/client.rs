@@ -55,6 +55,7 @@ struct Inner {
     target: Target,
     endpoint: String,
     stub: RawCloudTasksClient<Channel>,
+    channel: Channel,
     auth: Auth,
     /// Routing and client-identity headers, computed once.
     call_headers: HeaderMap,
@@ -180,28 +181,59 @@ impl CloudTasksClient {
     }
 
     async fn send_create_task(&self, request: CreateTaskRequest) -> Result<Task, Error> {
+        let request = self.prepare(request).await?;
+        let mut stub = self.raw_stub();
+        self.bounded(stub.create_task(request)).await
+    }
+
+    /// Wraps `message` with the routing, client-identity and credential metadata every call to
+    /// this client's queue carries, and the attempt deadline.
+    pub(crate) async fn prepare<T>(&self, message: T) -> Result<tonic::Request<T>, Error> {
         let inner = &*self.inner;
         let mut headers = inner.call_headers.clone();
         inner.auth.add_headers(&mut headers).await?;
         let mut request = tonic::Request::from_parts(
             MetadataMap::from_headers(headers),
             tonic::Extensions::default(),
-            request,
+            message,
         );
         request.set_timeout(inner.attempt_timeout);
-        let call = CallContext {
-            queue: inner.target.queue_path(),
-            service_account: inner.target.service_account_email(),
-            attempt_timeout: inner.attempt_timeout,
-        };
-        let mut stub = inner.stub.clone();
-        // The channel enforces the grpc-timeout too; this also bounds time spent connecting.
-        match tokio::time::timeout(inner.attempt_timeout, stub.create_task(request)).await {
+        Ok(request)
+    }
+
+    /// Awaits one RPC attempt within the attempt deadline and maps its failure.
+    ///
+    /// The channel enforces the grpc-timeout too; this also bounds the time spent connecting.
+    pub(crate) async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, Error> {
+        let inner = &*self.inner;
+        match tokio::time::timeout(inner.attempt_timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(error::from_status(status, call)),
+            Ok(Err(status)) => Err(error::from_status(status, self.call_context())),
             Err(_elapsed) => Err(Error::Timeout {
                 after: inner.attempt_timeout,
             }),
+        }
+    }
+
+    /// The generated stub over the shared channel.
+    pub(crate) fn raw_stub(&self) -> RawCloudTasksClient<Channel> {
+        self.inner.stub.clone()
+    }
+
+    /// The shared HTTP/2 channel, for other services on the same endpoint (long-running
+    /// operations).
+    pub(crate) fn channel(&self) -> Channel {
+        self.inner.channel.clone()
+    }
+
+    fn call_context(&self) -> CallContext<'_> {
+        CallContext {
+            queue: self.inner.target.queue_path(),
+            service_account: self.inner.target.service_account_email(),
+            attempt_timeout: self.inner.attempt_timeout,
         }
     }
 }
@@ -382,7 +414,8 @@ impl ClientBuilder {
                 call_headers: auth::queue_call_headers(target.queue_path()),
                 target,
                 endpoint,
-                stub: RawCloudTasksClient::new(channel),
+                stub: RawCloudTasksClient::new(channel.clone()),
+                channel,
                 auth,
                 attempt_timeout: self.attempt_timeout,
             }),

@@ -31,6 +31,7 @@
 mod auth;
 mod client;
 mod config;
+mod dedupe;
 mod error;
 mod payload;
 pub mod proto;
@@ -44,6 +45,7 @@ pub use client::{
     DEFAULT_ENDPOINT,
 };
 pub use config::{EMULATOR_HOST_VAR, Settings, Target};
+pub use dedupe::document_task_id;
 pub use error::{ConfigError, ConfigProblem, Error};
 pub use google_cloud_auth::credentials::Credentials;
 pub use payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
