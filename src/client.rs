@@ -7,20 +7,23 @@ use google_cloud_auth::credentials::Credentials;
 use http::HeaderMap;
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::auth::{self, Auth};
 use crate::config::{Settings, Target};
 use crate::error::{self, CallContext, Error};
-use crate::payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
-use crate::task::{DEFAULT_DISPATCH_DEADLINE, HttpTask};
+use crate::retry::{self, Attempted, Idempotency, RetryPolicy};
+use crate::task::{DocumentTask, HttpTask};
 use crate::validate;
 
 /// Google's global Cloud Tasks endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://cloudtasks.googleapis.com";
 /// Per-attempt deadline of a `CreateTask` call, as in Google's own clients.
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Deadline of a whole call, retries included.
+pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long establishing the connection may take before a call fails.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,6 +63,8 @@ struct Inner {
     /// Routing and client-identity headers, computed once.
     call_headers: HeaderMap,
     attempt_timeout: Duration,
+    total_timeout: Duration,
+    retry_policy: RetryPolicy,
 }
 
 impl CloudTasksClient {
@@ -114,6 +119,11 @@ impl CloudTasksClient {
     /// `{"document_id": ..., "filename": ...}`, an OIDC token for the service account with the
     /// service URL as audience, and a 600 s dispatch deadline.
     ///
+    /// The task is unnamed, as the Python backend's was, so a call that may have reached Cloud
+    /// Tasks is never sent again ([`Error::task_may_exist`] tells the caller). For enqueuing
+    /// that is safe to repeat, use [`CloudTasksClient::enqueue_document`] with
+    /// [`DocumentTask::deduplicated`].
+    ///
     /// # Errors
     /// See [`CloudTasksClient::create_http_task`].
     pub async fn create_document_processing_task(
@@ -121,74 +131,152 @@ impl CloudTasksClient {
         document_id: Uuid,
         filename: &str,
     ) -> Result<Task, Error> {
-        let started = Instant::now();
-        validate::document(document_id, filename).map_err(Error::InvalidTask)?;
-        let payload = ProcessDocumentPayload {
-            document_id,
-            filename: filename.to_owned(),
-        };
-        let task = HttpTask::post(PROCESS_DOCUMENT_PATH)
-            .with_json_body(payload.to_json_bytes())
-            .with_dispatch_deadline(DEFAULT_DISPATCH_DEADLINE);
-        let created = self.create_http_task(task).await?;
-        tracing::info!(
-            queue = self.queue_path(),
-            %document_id,
-            task = %created.name,
-            latency_ms = started.elapsed().as_millis(),
-            "enqueued document processing task"
-        );
-        Ok(created)
+        let document = DocumentTask::new(document_id, filename);
+        self.create(document.to_http_task()?, &CallOptions::default())
+            .instrument(tracing::info_span!("document", %document_id))
+            .await
+            .result
+    }
+
+    /// Enqueues processing of a document with per-call options; in de-duplicated mode a
+    /// document already enqueued is reported as [`Enqueued::AlreadyExists`], a success.
+    ///
+    /// # Errors
+    /// See [`CloudTasksClient::create_http_task`].
+    pub async fn enqueue_document(
+        &self,
+        document: DocumentTask,
+        options: &CallOptions,
+    ) -> Result<Enqueued, Error> {
+        let span = tracing::info_span!("document", document_id = %document.document_id());
+        self.enqueue(document.to_http_task()?, options)
+            .instrument(span)
+            .await
     }
 
     /// Enqueues any HTTP task for the backend: `task`'s path under the service URL, with the
     /// client's OIDC token.
     ///
+    /// A named task that Cloud Tasks refuses as ALREADY_EXISTS is an error here; use
+    /// [`CloudTasksClient::enqueue`] to get it as an outcome.
+    ///
     /// # Errors
     /// [`Error::InvalidTask`] before anything is sent if the task breaks a Cloud Tasks rule;
-    /// otherwise what Cloud Tasks answered ([`Error::Rpc`]), a [`Error::Timeout`], or an
-    /// [`Error::Auth`]. Check [`Error::task_may_exist`] before enqueuing again.
+    /// otherwise what Cloud Tasks answered ([`Error::Rpc`]), [`Error::Connect`],
+    /// [`Error::Timeout`], or [`Error::Auth`]. Check [`Error::task_may_exist`] before
+    /// enqueuing again.
     pub async fn create_http_task(&self, task: HttpTask) -> Result<Task, Error> {
+        self.create(task, &CallOptions::default()).await.result
+    }
+
+    /// Enqueues an HTTP task with per-call deadlines and retry policy.
+    ///
+    /// For a named task, ALREADY_EXISTS is an outcome, not an error: the task was enqueued
+    /// before, or by an earlier attempt of this very call whose answer was lost.
+    ///
+    /// # Errors
+    /// See [`CloudTasksClient::create_http_task`].
+    pub async fn enqueue(&self, task: HttpTask, options: &CallOptions) -> Result<Enqueued, Error> {
+        let task_name = task.task_id().map(|id| self.task_name(id));
+        let Attempted { result, attempts } = self.create(task, options).await;
+        match (result, task_name) {
+            (Ok(task), _) => Ok(Enqueued::Created(task)),
+            (Err(error), Some(task_name)) if error.is_already_exists() => {
+                tracing::info!(
+                    task = %task_name,
+                    attempts,
+                    "task already exists; not enqueued again"
+                );
+                Ok(Enqueued::AlreadyExists { task_name })
+            }
+            (Err(error), _) => Err(error),
+        }
+    }
+
+    /// Validates `task`, then sends it under the retry policy, and logs the outcome.
+    async fn create(&self, task: HttpTask, options: &CallOptions) -> Attempted<Task> {
         let target = &self.inner.target;
-        let task = task.into_proto(
+        let started = Instant::now();
+        let idempotency = if task.task_id().is_some() {
+            Idempotency::Idempotent
+        } else {
+            Idempotency::NotIdempotent
+        };
+        let task = match task.into_proto(
             target.queue_path(),
             target.service_url(),
             target.service_account_email(),
             SystemTime::now(),
-        )?;
+        ) {
+            Ok(task) => task,
+            Err(error) => {
+                return Attempted {
+                    result: Err(error),
+                    attempts: 0,
+                };
+            }
+        };
         let request = CreateTaskRequest {
             parent: target.queue_path().to_owned(),
             task: Some(task),
             ..CreateTaskRequest::default()
         };
-        let started = Instant::now();
-        let result = self.send_create_task(request).await;
-        match &result {
-            Ok(created) => tracing::debug!(
+        let policy = options
+            .retry_policy
+            .as_ref()
+            .unwrap_or(&self.inner.retry_policy);
+        let attempt_timeout = options
+            .attempt_timeout
+            .unwrap_or(self.inner.attempt_timeout);
+        let total_timeout = options.total_timeout.unwrap_or(self.inner.total_timeout);
+        let deadline = tokio::time::Instant::now() + total_timeout;
+        let outcome = retry::run(policy, idempotency, attempt_timeout, deadline, |budget| {
+            self.send_create_task(request.clone(), budget)
+        })
+        .await;
+        let latency_ms = started.elapsed().as_millis();
+        match &outcome.result {
+            Ok(created) => tracing::info!(
                 queue = target.queue_path(),
                 task = %created.name,
-                latency_ms = started.elapsed().as_millis(),
-                "CreateTask succeeded"
+                attempts = outcome.attempts,
+                latency_ms,
+                "enqueued task"
             ),
             Err(error) => tracing::warn!(
                 queue = target.queue_path(),
-                latency_ms = started.elapsed().as_millis(),
+                attempts = outcome.attempts,
+                latency_ms,
+                task_may_exist = error.task_may_exist(),
                 %error,
                 "CreateTask failed"
             ),
         }
-        result
+        outcome
     }
 
-    async fn send_create_task(&self, request: CreateTaskRequest) -> Result<Task, Error> {
-        let request = self.prepare(request).await?;
+    async fn send_create_task(
+        &self,
+        request: CreateTaskRequest,
+        timeout: Duration,
+    ) -> Result<Task, Error> {
+        let request = self.prepare_with_timeout(request, timeout).await?;
         let mut stub = self.raw_stub();
-        self.bounded(stub.create_task(request)).await
+        self.map_response(stub.create_task(request).await, timeout)
     }
 
     /// Wraps `message` with the routing, client-identity and credential metadata every call to
-    /// this client's queue carries, and the attempt deadline.
+    /// this client's queue carries, and the client's attempt deadline.
     pub(crate) async fn prepare<T>(&self, message: T) -> Result<tonic::Request<T>, Error> {
+        self.prepare_with_timeout(message, self.inner.attempt_timeout)
+            .await
+    }
+
+    async fn prepare_with_timeout<T>(
+        &self,
+        message: T,
+        timeout: Duration,
+    ) -> Result<tonic::Request<T>, Error> {
         let inner = &*self.inner;
         let mut headers = inner.call_headers.clone();
         inner.auth.add_headers(&mut headers).await?;
@@ -197,25 +285,31 @@ impl CloudTasksClient {
             tonic::Extensions::default(),
             message,
         );
-        request.set_timeout(inner.attempt_timeout);
+        // Tells Cloud Tasks how long the caller waits; the channel enforces it too.
+        request.set_timeout(timeout);
         Ok(request)
     }
 
-    /// Awaits one RPC attempt within the attempt deadline and maps its failure.
-    ///
-    /// The channel enforces the grpc-timeout too; this also bounds the time spent connecting.
+    /// Awaits one RPC attempt within the client's attempt deadline and maps its failure.
     pub(crate) async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, Error> {
-        let inner = &*self.inner;
-        match tokio::time::timeout(inner.attempt_timeout, call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(error::from_status(status, self.call_context())),
-            Err(_elapsed) => Err(Error::Timeout {
-                after: inner.attempt_timeout,
-            }),
+        let timeout = self.inner.attempt_timeout;
+        match tokio::time::timeout(timeout, call).await {
+            Ok(result) => self.map_response(result, timeout),
+            Err(_elapsed) => Err(Error::Timeout { after: timeout }),
         }
+    }
+
+    fn map_response<T>(
+        &self,
+        result: Result<tonic::Response<T>, tonic::Status>,
+        timeout: Duration,
+    ) -> Result<T, Error> {
+        result
+            .map(tonic::Response::into_inner)
+            .map_err(|status| error::from_status(status, self.call_context(timeout)))
     }
 
     /// The generated stub over the shared channel.
@@ -229,11 +323,12 @@ impl CloudTasksClient {
         self.inner.channel.clone()
     }
 
-    fn call_context(&self) -> CallContext<'_> {
+    fn call_context(&self, attempt_timeout: Duration) -> CallContext<'_> {
         CallContext {
+            endpoint: &self.inner.endpoint,
             queue: self.inner.target.queue_path(),
             service_account: self.inner.target.service_account_email(),
-            attempt_timeout: self.inner.attempt_timeout,
+            attempt_timeout,
         }
     }
 }
@@ -250,6 +345,69 @@ enum Transport {
     Emulator { host: String },
 }
 
+/// Per-call overrides of the client's deadlines and retry policy.
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct CallOptions {
+    attempt_timeout: Option<Duration>,
+    total_timeout: Option<Duration>,
+    retry_policy: Option<RetryPolicy>,
+}
+
+impl CallOptions {
+    /// The client's defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Deadline of each attempt.
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Deadline of the whole call, retries included.
+    pub fn with_total_timeout(mut self, timeout: Duration) -> Self {
+        self.total_timeout = Some(timeout);
+        self
+    }
+
+    /// When failed attempts are sent again.
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry_policy = Some(policy);
+        self
+    }
+}
+
+/// What an enqueue achieved.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Enqueued {
+    /// Cloud Tasks created this task.
+    Created(Task),
+    /// A task with this name exists or existed within about the last hour: enqueued by an
+    /// earlier call, or by an earlier attempt of this call whose answer was lost.
+    AlreadyExists {
+        /// The task's full name.
+        task_name: String,
+    },
+}
+
+impl Enqueued {
+    /// The task's full name.
+    pub fn task_name(&self) -> &str {
+        match self {
+            Self::Created(task) => &task.name,
+            Self::AlreadyExists { task_name } => task_name,
+        }
+    }
+
+    /// Whether this call created the task.
+    pub fn was_created(&self) -> bool {
+        matches!(self, Self::Created(_))
+    }
+}
+
 /// Builds a [`CloudTasksClient`]; every target value is checked by [`ClientBuilder::build`].
 #[derive(Debug, Clone)]
 #[must_use]
@@ -261,6 +419,8 @@ pub struct ClientBuilder {
     service_account_email: String,
     transport: Transport,
     attempt_timeout: Duration,
+    total_timeout: Duration,
+    retry_policy: RetryPolicy,
     connect_timeout: Duration,
     ca_certificate_pem: Option<Vec<u8>>,
 }
@@ -279,6 +439,8 @@ impl Default for ClientBuilder {
                 credentials: None,
             },
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
+            total_timeout: DEFAULT_TOTAL_TIMEOUT,
+            retry_policy: RetryPolicy::default(),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             ca_certificate_pem: None,
         }
@@ -362,6 +524,18 @@ impl ClientBuilder {
         self
     }
 
+    /// Deadline of a whole call, retries included (default 30 s).
+    pub fn with_total_timeout(mut self, timeout: Duration) -> Self {
+        self.total_timeout = timeout;
+        self
+    }
+
+    /// When failed calls are sent again (see [`RetryPolicy`]).
+    pub fn with_retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry_policy = policy;
+        self
+    }
+
     /// Deadline for establishing the connection (default 5 s).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -418,6 +592,8 @@ impl ClientBuilder {
                 channel,
                 auth,
                 attempt_timeout: self.attempt_timeout,
+                total_timeout: self.total_timeout,
+                retry_policy: self.retry_policy,
             }),
         })
     }

@@ -34,6 +34,22 @@ pub enum Error {
         status: tonic::Status,
     },
 
+    /// No connection to Cloud Tasks could be made (refused, DNS, TLS handshake, connect
+    /// timeout). The request never left this process, so no task was created.
+    #[error(
+        "cannot connect to Cloud Tasks at {endpoint}: {detail}; nothing was sent, so no task was \
+         created. Check the endpoint, the network, or that the emulator is running"
+    )]
+    Connect {
+        /// The endpoint that could not be reached.
+        endpoint: String,
+        /// What the connection attempt reported.
+        detail: String,
+        /// The status tonic reported, whose source chain holds the connection error.
+        #[source]
+        status: tonic::Status,
+    },
+
     /// The attempt did not complete within its deadline. The request may have reached Cloud
     /// Tasks, so the task may or may not exist.
     #[error(
@@ -72,7 +88,7 @@ impl Error {
     /// The gRPC status code Cloud Tasks answered with, if the call got that far.
     pub fn code(&self) -> Option<Code> {
         match self {
-            Self::Rpc { status, .. } => Some(status.code()),
+            Self::Rpc { status, .. } | Self::Connect { status, .. } => Some(status.code()),
             _ => None,
         }
     }
@@ -120,9 +136,16 @@ impl Error {
         matches!(self, Self::Timeout { .. }) || self.code() == Some(Code::DeadlineExceeded)
     }
 
+    /// The request provably never reached Cloud Tasks: it failed locally (settings, task
+    /// validation, credentials) or no connection could be made. Sending it again cannot create
+    /// a duplicate.
+    pub fn was_never_sent(&self) -> bool {
+        self.is_config() || self.is_auth() || matches!(self, Self::Connect { .. })
+    }
+
     /// The failure is transient: the same call may succeed later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Timeout { .. })
+        matches!(self, Self::Timeout { .. } | Self::Connect { .. })
             || matches!(
                 self.code(),
                 Some(Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted)
@@ -133,16 +156,24 @@ impl Error {
     /// failed. Enqueuing again without a task name could create a duplicate.
     pub fn task_may_exist(&self) -> bool {
         matches!(self, Self::Timeout { .. })
-            || matches!(
-                self.code(),
-                Some(Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal)
-            )
+            || matches!(self, Self::Rpc { .. })
+                && matches!(
+                    self.code(),
+                    Some(
+                        Code::Unavailable
+                            | Code::DeadlineExceeded
+                            | Code::Unknown
+                            | Code::Internal
+                            | Code::Cancelled
+                    )
+                )
     }
 }
 
 /// Where a call was going, for error messages that name the resource at fault.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallContext<'a> {
+    pub(crate) endpoint: &'a str,
     pub(crate) queue: &'a str,
     pub(crate) service_account: &'a str,
     pub(crate) attempt_timeout: Duration,
@@ -153,10 +184,18 @@ pub(crate) struct CallContext<'a> {
 /// This is the only function in the crate that interprets status codes.
 pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error {
     let CallContext {
+        endpoint,
         queue,
         service_account,
         attempt_timeout,
     } = call;
+    if caused_by::<tonic::ConnectError>(&status) {
+        return Error::Connect {
+            endpoint: endpoint.to_owned(),
+            detail: connect_detail(&status),
+            status,
+        };
+    }
     // tonic reports its own enforcement of the grpc-timeout as CANCELLED.
     if status.code() == Code::Cancelled && caused_by::<tonic::TimeoutExpired>(&status) {
         return Error::Timeout {
@@ -201,6 +240,18 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
         code => format!("Cloud Tasks call failed ({code:?}): {detail}"),
     };
     Error::Rpc { message, status }
+}
+
+/// The innermost cause of a connection failure ("Connection refused", a TLS alert...), which
+/// says more than tonic's "transport error".
+fn connect_detail(status: &tonic::Status) -> String {
+    let mut innermost = status.message().to_owned();
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        innermost = error.to_string();
+        source = error.source();
+    }
+    innermost
 }
 
 fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {

@@ -35,19 +35,21 @@ mod dedupe;
 mod error;
 mod payload;
 pub mod proto;
+mod retry;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod validate;
 
 pub use client::{
-    ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_ENDPOINT,
+    CallOptions, ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_ENDPOINT, DEFAULT_TOTAL_TIMEOUT, Enqueued,
 };
 pub use config::{EMULATOR_HOST_VAR, Settings, Target};
 pub use dedupe::document_task_id;
 pub use error::{ConfigError, ConfigProblem, Error};
 pub use google_cloud_auth::credentials::Credentials;
 pub use payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
-pub use task::{DEFAULT_DISPATCH_DEADLINE, HttpTask};
+pub use retry::RetryPolicy;
+pub use task::{DEFAULT_DISPATCH_DEADLINE, DocumentTask, HttpTask};
 pub use uuid::Uuid;

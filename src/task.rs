@@ -3,7 +3,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use uuid::Uuid;
+
+use crate::dedupe::document_task_id;
 use crate::error::Error;
+use crate::payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
 use crate::proto::{HttpMethod, HttpRequest, MessageType, OidcToken, Task};
 use crate::validate;
 
@@ -198,5 +202,76 @@ impl HttpTask {
             )));
         }
         Ok(task)
+    }
+}
+
+/// A document to process: the Python backend's task, optionally de-duplicated.
+///
+/// ```
+/// use cloud_tasks::{DocumentTask, Uuid};
+///
+/// let document_id = Uuid::new_v4();
+/// // Enqueuing this twice creates one task.
+/// let once = DocumentTask::new(document_id, "report.pdf").deduplicated();
+/// // A deliberate re-run later gets a task of its own.
+/// let again = DocumentTask::new(document_id, "report.pdf").deduplicated_with_key("model-v2");
+/// assert_ne!(once.task_id(), again.task_id());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentTask {
+    payload: ProcessDocumentPayload,
+    task_id: Option<String>,
+}
+
+impl DocumentTask {
+    /// An unnamed task, as the Python backend sent.
+    pub fn new(document_id: Uuid, filename: impl Into<String>) -> Self {
+        Self {
+            payload: ProcessDocumentPayload {
+                document_id,
+                filename: filename.into(),
+            },
+            task_id: None,
+        }
+    }
+
+    /// Names the task after the document, so that enqueuing the same document again (a retry,
+    /// a double submit, a re-run backfill) creates no second task while Cloud Tasks remembers
+    /// the name (about an hour after the task ran).
+    #[must_use]
+    pub fn deduplicated(mut self) -> Self {
+        self.task_id = Some(document_task_id(self.payload.document_id, None));
+        self
+    }
+
+    /// Like [`DocumentTask::deduplicated`], under a key of the caller's, so that the same
+    /// document can be deliberately processed again with a new key.
+    #[must_use]
+    pub fn deduplicated_with_key(mut self, key: &str) -> Self {
+        self.task_id = Some(document_task_id(self.payload.document_id, Some(key)));
+        self
+    }
+
+    /// The document's ID.
+    pub fn document_id(&self) -> Uuid {
+        self.payload.document_id
+    }
+
+    /// The task ID in de-duplicated mode.
+    pub fn task_id(&self) -> Option<&str> {
+        self.task_id.as_deref()
+    }
+
+    /// The HTTP task the backend's handler receives.
+    pub(crate) fn to_http_task(&self) -> Result<HttpTask, Error> {
+        validate::document(self.payload.document_id, &self.payload.filename)
+            .map_err(Error::InvalidTask)?;
+        let task = HttpTask::post(PROCESS_DOCUMENT_PATH)
+            .with_json_body(self.payload.to_json_bytes())
+            .with_dispatch_deadline(DEFAULT_DISPATCH_DEADLINE);
+        Ok(match &self.task_id {
+            Some(task_id) => task.with_task_id(task_id.clone()),
+            None => task,
+        })
     }
 }

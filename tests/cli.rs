@@ -1,1 +1,209 @@
+//! `cloud-tasks enqueue` end to end: settings from the environment, output and exit codes.
 
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use cloud_tasks::testing::{Fault, MockCloudTasks};
+use common::*;
+use tonic::Code;
+
+const DOCUMENT_ID: &str = "9b2f3c1e-8d4a-4e6b-a1c2-3d4e5f6a7b8c";
+
+/// An empty working directory, so no `.env` from the repository leaks in.
+fn scratch_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cloud-tasks-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn full_env(server: &MockCloudTasks) -> Vec<(&'static str, String)> {
+    vec![
+        ("GCP_PROJECT_ID", PROJECT.to_owned()),
+        ("GCP_LOCATION", LOCATION.to_owned()),
+        ("CLOUD_TASKS_QUEUE", QUEUE.to_owned()),
+        ("CLOUD_RUN_SERVICE_URL", SERVICE_URL.to_owned()),
+        ("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT.to_owned()),
+        ("CLOUD_TASKS_EMULATOR_HOST", server.host()),
+    ]
+}
+
+async fn run(args: &[&str], env: &[(&str, String)], dir: &PathBuf) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .current_dir(dir)
+        .output()
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn enqueue_prints_the_task_name() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let output = run(
+        &[
+            "enqueue",
+            "--document-id",
+            DOCUMENT_ID,
+            "--filename",
+            "report.pdf",
+        ],
+        &full_env(&server),
+        &scratch_dir(),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let tasks = server.tasks();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(text(&output.stdout), format!("{}\n", tasks[0].name));
+    let body = match &tasks[0].message_type {
+        Some(cloud_tasks::proto::MessageType::HttpRequest(http)) => http.body.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        text(&body),
+        format!(r#"{{"document_id": "{DOCUMENT_ID}", "filename": "report.pdf"}}"#)
+    );
+}
+
+#[tokio::test]
+async fn enqueue_json_prints_the_task() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let output = run(
+        &[
+            "enqueue",
+            "--document-id",
+            DOCUMENT_ID,
+            "--filename",
+            "report.pdf",
+            "--json",
+        ],
+        &full_env(&server),
+        &scratch_dir(),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let task: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(task["name"], server.tasks()[0].name.as_str());
+    assert_eq!(task["dispatchDeadline"], "600s");
+    let http = &task["httpRequest"];
+    assert_eq!(
+        http["url"],
+        format!("{SERVICE_URL}/api/tasks/process-document")
+    );
+    assert_eq!(http["httpMethod"], "POST");
+    assert_eq!(http["headers"]["Content-Type"], "application/json");
+    assert_eq!(http["oidcToken"]["serviceAccountEmail"], SERVICE_ACCOUNT);
+    assert_eq!(http["oidcToken"]["audience"], SERVICE_URL);
+}
+
+#[tokio::test]
+async fn settings_come_from_a_dotenv_file_and_the_environment_wins() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = scratch_dir();
+    let dotenv: String = full_env(&server)
+        .iter()
+        .map(|(key, value)| {
+            let value = if *key == "CLOUD_TASKS_QUEUE" {
+                "from-dotenv"
+            } else {
+                value
+            };
+            format!("{key}={value}\n")
+        })
+        .collect();
+    std::fs::write(dir.join(".env"), dotenv).unwrap();
+    let output = run(
+        &[
+            "enqueue",
+            "--document-id",
+            DOCUMENT_ID,
+            "--filename",
+            "a.pdf",
+        ],
+        &[("CLOUD_TASKS_QUEUE", "from-env".to_owned())],
+        &dir,
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(
+        server.create_task_calls()[0].message.parent,
+        "projects/my-project/locations/us-central1/queues/from-env"
+    );
+}
+
+#[tokio::test]
+async fn missing_settings_exit_2_naming_every_variable() {
+    let output = run(
+        &[
+            "enqueue",
+            "--document-id",
+            DOCUMENT_ID,
+            "--filename",
+            "a.pdf",
+        ],
+        &[],
+        &scratch_dir(),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    for variable in [
+        "GCP_PROJECT_ID",
+        "CLOUD_RUN_SERVICE_URL",
+        "CLOUD_RUN_SERVICE_ACCOUNT",
+    ] {
+        assert!(stderr.contains(variable), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_document_id_is_a_usage_error() {
+    let output = run(
+        &[
+            "enqueue",
+            "--document-id",
+            "not-a-uuid",
+            "--filename",
+            "a.pdf",
+        ],
+        &[],
+        &scratch_dir(),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("not-a-uuid"));
+}
+
+#[tokio::test]
+async fn a_failed_call_exits_1_with_one_actionable_line() {
+    let server = MockCloudTasks::start().await.unwrap();
+    server.push_fault(Fault::Reject(Code::PermissionDenied, "denied".to_owned()));
+    let output = run(
+        &[
+            "enqueue",
+            "--document-id",
+            DOCUMENT_ID,
+            "--filename",
+            "a.pdf",
+        ],
+        &full_env(&server),
+        &scratch_dir(),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(output.stdout.is_empty());
+    let stderr = text(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: permission denied"), "{stderr}");
+    assert!(stderr.contains("roles/cloudtasks.enqueuer"), "{stderr}");
+}

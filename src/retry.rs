@@ -1,0 +1,253 @@
+//! The one place that decides whether a failed call is sent again, and when.
+//!
+//! A `CreateTask` without a name is not idempotent: if the request reached Cloud Tasks, sending
+//! it again may create a second task, and a second Docling + LLM extraction. So an unnamed task
+//! is retried only when the request provably never left this process (no connection could be
+//! made). A named task is idempotent — Cloud Tasks refuses a second task with the same name — so
+//! transient failures are retried, and the caller treats ALREADY_EXISTS on a retry as the
+//! earlier attempt's success.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::error::Error;
+
+/// Exponential backoff with full jitter, bounded by the call's total deadline.
+///
+/// The defaults follow Google's client settings for Cloud Tasks: 100 ms, growing 1.3x per
+/// attempt, at most 10 s between attempts.
+#[derive(Debug, Clone, PartialEq)]
+#[must_use]
+pub struct RetryPolicy {
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    multiplier: f64,
+    max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            multiplier: 1.3,
+            max_attempts: 8,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy that never sends a call twice.
+    pub fn never() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The wait before the first retry (before jitter).
+    pub fn with_initial_backoff(mut self, backoff: Duration) -> Self {
+        self.initial_backoff = backoff;
+        self
+    }
+
+    /// The longest wait between attempts (before jitter).
+    pub fn with_max_backoff(mut self, backoff: Duration) -> Self {
+        self.max_backoff = backoff;
+        self
+    }
+
+    /// How much the wait grows per attempt (at least 1).
+    pub fn with_multiplier(mut self, multiplier: f64) -> Self {
+        self.multiplier = multiplier.max(1.0);
+        self
+    }
+
+    /// Attempts in all, the first included (at least 1).
+    pub fn with_max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The wait before retry number `retry` (1-based), before jitter.
+    fn backoff(&self, retry: u32) -> Duration {
+        let exponent = i32::try_from(retry.saturating_sub(1)).unwrap_or(i32::MAX);
+        self.initial_backoff
+            .mul_f64(self.multiplier.powi(exponent))
+            .min(self.max_backoff)
+    }
+}
+
+/// Whether sending the same request again could create a second task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Idempotency {
+    /// Unnamed task: every send that reaches Cloud Tasks may create one.
+    NotIdempotent,
+    /// Named task: Cloud Tasks refuses a second task with the same name.
+    Idempotent,
+}
+
+/// Whether `error` from an attempt may be retried.
+pub(crate) fn is_retryable(error: &Error, idempotency: Idempotency) -> bool {
+    if matches!(error, Error::Connect { .. }) {
+        return true;
+    }
+    idempotency == Idempotency::Idempotent
+        && (matches!(error, Error::Timeout { .. })
+            || matches!(
+                error.code(),
+                Some(
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::ResourceExhausted
+                        | Code::Aborted
+                        | Code::Internal
+                        | Code::Unknown
+                        | Code::Cancelled
+                )
+            ))
+}
+
+/// The outcome of a retried call and how many attempts it took.
+#[derive(Debug)]
+pub(crate) struct Attempted<T> {
+    pub(crate) result: Result<T, Error>,
+    pub(crate) attempts: u32,
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `deadline` leaves no time for another
+/// attempt. `attempt` receives the time it may take, at most `attempt_timeout`.
+pub(crate) async fn run<T, F, Fut>(
+    policy: &RetryPolicy,
+    idempotency: Idempotency,
+    attempt_timeout: Duration,
+    deadline: Instant,
+    mut attempt: F,
+) -> Attempted<T>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let budget = attempt_timeout.min(remaining);
+        let result = match tokio::time::timeout(budget, attempt(budget)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::Timeout { after: budget }),
+        };
+        let error = match result {
+            Ok(value) => {
+                return Attempted {
+                    result: Ok(value),
+                    attempts,
+                };
+            }
+            Err(error) => error,
+        };
+        let wait = jittered(policy.backoff(attempts));
+        let out_of_time = Instant::now() + wait >= deadline;
+        if attempts >= policy.max_attempts || out_of_time || !is_retryable(&error, idempotency) {
+            return Attempted {
+                result: Err(error),
+                attempts,
+            };
+        }
+        tracing::debug!(attempt = attempts, wait_ms = wait.as_millis(), %error, "retrying");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Full jitter: a uniformly random wait up to `backoff`, so that many clients that failed
+/// together do not retry together.
+fn jittered(backoff: Duration) -> Duration {
+    backoff.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn unavailable() -> Error {
+        crate::error::from_status(
+            tonic::Status::unavailable("try again"),
+            crate::error::CallContext {
+                endpoint: "http://127.0.0.1:1",
+                queue: "projects/p/locations/l/queues/q",
+                service_account: "a@p.iam.gserviceaccount.com",
+                attempt_timeout: Duration::from_secs(1),
+            },
+        )
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let policy = RetryPolicy::default()
+            .with_initial_backoff(Duration::from_millis(100))
+            .with_multiplier(2.0)
+            .with_max_backoff(Duration::from_millis(500));
+        let waits: Vec<_> = (1..=5).map(|retry| policy.backoff(retry)).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500].map(Duration::from_millis));
+    }
+
+    #[test]
+    fn unnamed_tasks_are_retried_only_when_never_sent() {
+        let reached_server = unavailable();
+        assert!(!is_retryable(&reached_server, Idempotency::NotIdempotent));
+        assert!(is_retryable(&reached_server, Idempotency::Idempotent));
+        let timeout = Error::Timeout {
+            after: Duration::from_secs(1),
+        };
+        assert!(!is_retryable(&timeout, Idempotency::NotIdempotent));
+        assert!(is_retryable(&timeout, Idempotency::Idempotent));
+        let invalid = Error::InvalidTask("bad".to_owned());
+        assert!(!is_retryable(&invalid, Idempotency::Idempotent));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_the_deadline() {
+        let calls = AtomicU32::new(0);
+        let policy = RetryPolicy::default().with_max_attempts(1000);
+        let started = Instant::now();
+        let outcome: Attempted<()> = run(
+            &policy,
+            Idempotency::Idempotent,
+            Duration::from_secs(20),
+            started + Duration::from_secs(5),
+            |_| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async { Err(unavailable()) }
+            },
+        )
+        .await;
+        assert!(outcome.result.unwrap_err().code() == Some(Code::Unavailable));
+        assert!(outcome.attempts > 3, "{}", outcome.attempts);
+        assert_eq!(outcome.attempts, calls.load(Ordering::SeqCst));
+        assert!(started.elapsed() <= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_gets_at_most_the_remaining_time() {
+        let started = Instant::now();
+        let outcome: Attempted<()> = run(
+            &RetryPolicy::default(),
+            Idempotency::NotIdempotent,
+            Duration::from_secs(20),
+            started + Duration::from_secs(2),
+            |budget| async move {
+                assert_eq!(budget, Duration::from_secs(2));
+                std::future::pending().await
+            },
+        )
+        .await;
+        assert!(outcome.result.unwrap_err().is_timeout());
+        assert_eq!(outcome.attempts, 1);
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+}
