@@ -229,10 +229,13 @@ impl CloudTasksClient {
             .attempt_timeout
             .unwrap_or(self.inner.attempt_timeout);
         let total_timeout = options.total_timeout.unwrap_or(self.inner.total_timeout);
-        let deadline = tokio::time::Instant::now() + total_timeout;
-        let outcome = retry::run(policy, idempotency, attempt_timeout, deadline, |budget| {
-            self.send_create_task(request.clone(), budget)
-        })
+        let outcome = retry::run(
+            policy,
+            idempotency,
+            attempt_timeout,
+            total_timeout,
+            |budget| self.send_create_task(request.clone(), budget),
+        )
         .await;
         let latency_ms = started.elapsed().as_millis();
         match &outcome.result {

@@ -118,27 +118,34 @@ pub(crate) struct Attempted<T> {
     pub(crate) attempts: u32,
 }
 
-/// Runs `attempt` until it succeeds, fails for good, or `deadline` leaves no time for another
-/// attempt. `attempt` receives the time it may take, at most `attempt_timeout`.
+/// Runs `attempt` until it succeeds, fails for good, or the total deadline leaves no time for
+/// another attempt. `attempt` receives the time it may take, at most `attempt_timeout`.
 pub(crate) async fn run<T, F, Fut>(
     policy: &RetryPolicy,
     idempotency: Idempotency,
     attempt_timeout: Duration,
-    deadline: Instant,
+    total_timeout: Duration,
     mut attempt: F,
 ) -> Attempted<T>
 where
     F: FnMut(Duration) -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
+    let deadline = Instant::now() + total_timeout;
     let mut attempts = 0;
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let budget = attempt_timeout.min(remaining);
+        // A timeout names the limit the caller set, not the remainder that was left of it.
+        let limit = if budget < attempt_timeout {
+            total_timeout
+        } else {
+            attempt_timeout
+        };
         let result = match tokio::time::timeout(budget, attempt(budget)).await {
+            Ok(Err(Error::Timeout { .. })) | Err(_) => Err(Error::Timeout { after: limit }),
             Ok(result) => result,
-            Err(_elapsed) => Err(Error::Timeout { after: budget }),
         };
         let error = match result {
             Ok(value) => {
@@ -219,7 +226,7 @@ mod tests {
             &policy,
             Idempotency::Idempotent,
             Duration::from_secs(20),
-            started + Duration::from_secs(5),
+            Duration::from_secs(5),
             |_| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 async { Err(unavailable()) }
@@ -239,14 +246,16 @@ mod tests {
             &RetryPolicy::default(),
             Idempotency::NotIdempotent,
             Duration::from_secs(20),
-            started + Duration::from_secs(2),
+            Duration::from_secs(2),
             |budget| async move {
                 assert_eq!(budget, Duration::from_secs(2));
                 std::future::pending().await
             },
         )
         .await;
-        assert!(outcome.result.unwrap_err().is_timeout());
+        let error = outcome.result.unwrap_err();
+        assert!(error.is_timeout());
+        assert!(error.to_string().contains("within 2s"), "{error}");
         assert_eq!(outcome.attempts, 1);
         assert_eq!(started.elapsed(), Duration::from_secs(2));
     }

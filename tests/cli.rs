@@ -207,3 +207,134 @@ async fn a_failed_call_exits_1_with_one_actionable_line() {
     assert!(stderr.starts_with("error: permission denied"), "{stderr}");
     assert!(stderr.contains("roles/cloudtasks.enqueuer"), "{stderr}");
 }
+
+#[tokio::test]
+async fn timeout_bounds_a_call_to_a_hung_server() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    let server = MockCloudTasks::start().await.unwrap();
+    let mut env = full_env(&server);
+    env.retain(|(key, _)| *key != "CLOUD_TASKS_EMULATOR_HOST");
+    env.push(("CLOUD_TASKS_EMULATOR_HOST", host));
+    let started = std::time::Instant::now();
+    let output = run(
+        &[
+            "enqueue",
+            "--document-id",
+            DOCUMENT_ID,
+            "--filename",
+            "a.pdf",
+            "--timeout",
+            "2s",
+        ],
+        &env,
+        &scratch_dir(),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(elapsed < std::time::Duration::from_secs(4), "{elapsed:?}");
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("did not answer within 2s"), "{stderr}");
+    assert!(stderr.contains("may or may not exist"), "{stderr}");
+    hold.abort();
+}
+
+#[tokio::test]
+async fn timeout_bounds_a_call_with_no_server() {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let server = MockCloudTasks::start().await.unwrap();
+    let mut env = full_env(&server);
+    env.retain(|(key, _)| *key != "CLOUD_TASKS_EMULATOR_HOST");
+    env.push(("CLOUD_TASKS_EMULATOR_HOST", format!("127.0.0.1:{port}")));
+    let started = std::time::Instant::now();
+    let output = run(
+        &[
+            "enqueue",
+            "--document-id",
+            DOCUMENT_ID,
+            "--filename",
+            "a.pdf",
+            "--timeout",
+            "2s",
+        ],
+        &env,
+        &scratch_dir(),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+}
+
+#[tokio::test]
+async fn dedupe_enqueues_a_document_once_even_under_faults() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let env = full_env(&server);
+    let dir = scratch_dir();
+    let args = [
+        "enqueue",
+        "--document-id",
+        DOCUMENT_ID,
+        "--filename",
+        "a.pdf",
+        "--dedupe",
+    ];
+    server.push_fault(Fault::Reject(Code::Unavailable, "before store".to_owned()));
+    let first = run(&args, &env, &dir).await;
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    server.push_fault(Fault::FailAfterStore(
+        Code::Unavailable,
+        "after store".to_owned(),
+    ));
+    let second = run(&args, &env, &dir).await;
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second.stderr));
+    let third = run(&args, &env, &dir).await;
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third.stderr));
+
+    let tasks = server.tasks();
+    assert_eq!(tasks.len(), 1, "stored exactly once");
+    for output in [&first, &second, &third] {
+        assert_eq!(text(&output.stdout), format!("{}\n", tasks[0].name));
+    }
+    assert!(text(&first.stderr).is_empty(), "{}", text(&first.stderr));
+    for output in [&second, &third] {
+        assert!(
+            text(&output.stderr).contains("already enqueued"),
+            "{}",
+            text(&output.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_timeout_is_a_usage_error() {
+    let output = run(
+        &[
+            "enqueue",
+            "--document-id",
+            DOCUMENT_ID,
+            "--filename",
+            "a.pdf",
+            "--timeout",
+            "soon",
+        ],
+        &[],
+        &scratch_dir(),
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("soon"));
+}

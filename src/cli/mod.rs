@@ -3,9 +3,10 @@
 mod output;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use cloud_tasks::{CloudTasksClient, Error, Settings, Uuid};
+use cloud_tasks::{CallOptions, CloudTasksClient, DocumentTask, Enqueued, Error, Settings, Uuid};
 
 /// Enqueue document-processing jobs on Google Cloud Tasks.
 ///
@@ -36,6 +37,16 @@ struct EnqueueArgs {
     /// Print the created task as JSON instead of its name.
     #[arg(long)]
     json: bool,
+    /// Name the task after the document, so enqueuing the same document again creates no
+    /// second task (and is reported as already enqueued, exit 0).
+    #[arg(long)]
+    dedupe: bool,
+    /// With --dedupe: a key that makes a deliberate re-run of the same document a new task.
+    #[arg(long, requires = "dedupe", value_name = "KEY")]
+    dedupe_key: Option<String>,
+    /// Total deadline of the call, retries included (e.g. 2s, 500ms) [default: 30s].
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    timeout: Option<Duration>,
 }
 
 /// Usage and configuration errors: nothing was sent.
@@ -85,13 +96,31 @@ async fn run(cli: Cli) -> Result<(), Error> {
 async fn enqueue(args: EnqueueArgs) -> Result<(), Error> {
     let settings = Settings::from_env()?;
     let client = CloudTasksClient::from_settings(&settings)?;
-    let task = client
-        .create_document_processing_task(args.document_id, &args.filename)
-        .await?;
-    if args.json {
-        println!("{}", output::task_json(&task));
-    } else {
-        println!("{}", task.name);
+    let mut document = DocumentTask::new(args.document_id, args.filename);
+    if args.dedupe {
+        document = match &args.dedupe_key {
+            Some(key) => document.deduplicated_with_key(key),
+            None => document.deduplicated(),
+        };
+    }
+    let mut options = CallOptions::new();
+    if let Some(timeout) = args.timeout {
+        options = options.with_total_timeout(timeout);
+    }
+    let enqueued = client.enqueue_document(document, &options).await?;
+    if let Enqueued::AlreadyExists { task_name } = &enqueued {
+        eprintln!(
+            "note: document {} was already enqueued as {task_name}; no new task was created",
+            args.document_id
+        );
+    }
+    match &enqueued {
+        Enqueued::Created(task) if args.json => println!("{}", output::task_json(task)),
+        _ if args.json => println!(
+            "{}",
+            serde_json::json!({ "name": enqueued.task_name(), "alreadyEnqueued": true })
+        ),
+        _ => println!("{}", enqueued.task_name()),
     }
     Ok(())
 }
