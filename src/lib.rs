@@ -53,3 +53,8 @@ pub use payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
 pub use retry::RetryPolicy;
 pub use task::{DEFAULT_DISPATCH_DEADLINE, DocumentTask, HttpTask};
 pub use uuid::Uuid;
+
+/// The README's Rust examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
