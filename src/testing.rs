@@ -33,6 +33,7 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -69,6 +70,7 @@ struct State {
     /// Names that Cloud Tasks would still refuse as duplicates.
     used_names: HashSet<String>,
     faults: VecDeque<Fault>,
+    connections: usize,
     /// Queues that exist; `None` means every queue does.
     queues: Option<HashSet<String>>,
     next_task_id: u64,
@@ -124,8 +126,17 @@ impl MockCloudTasks {
                 .expect("a PEM identity makes a valid TLS config");
         }
         let router = builder.add_service(service);
+        let state = self.state.clone();
         let handle = tokio::spawn(async move {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming =
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .map(move |accepted| {
+                        if accepted.is_ok() {
+                            lock(&state).connections += 1;
+                        }
+                        accepted
+                    });
             // The server's own errors end the test's connection, which the test then sees.
             if let Err(error) = router
                 .serve_with_incoming_shutdown(incoming, async {
@@ -168,6 +179,11 @@ impl MockCloudTasks {
     /// Every `CreateTask` request received, in order, including rejected ones.
     pub fn create_task_calls(&self) -> Vec<Recorded<CreateTaskRequest>> {
         self.lock().create_task_calls.clone()
+    }
+
+    /// How many TCP connections the server has accepted.
+    pub fn connections(&self) -> usize {
+        self.lock().connections
     }
 
     /// Every task stored, in creation order.

@@ -140,6 +140,11 @@ async fn clones_share_the_client_and_calls_run_concurrently() {
         call.await.unwrap().unwrap();
     }
     assert_eq!(server.tasks().len(), 20);
+    assert_eq!(
+        server.connections(),
+        1,
+        "clones share one HTTP/2 connection"
+    );
 }
 
 /// Every status Cloud Tasks can answer `CreateTask` with, and what the caller is told.
