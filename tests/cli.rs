@@ -40,6 +40,27 @@ async fn run(args: &[&str], env: &[(&str, String)], dir: &PathBuf) -> Output {
         .unwrap()
 }
 
+/// `enqueue --document-id DOCUMENT_ID --filename <filename>` and `extra`.
+fn enqueue_args<'a>(filename: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "enqueue",
+        "--document-id",
+        DOCUMENT_ID,
+        "--filename",
+        filename,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The full settings, with the emulator host replaced by `host`.
+fn env_with_host(server: &MockCloudTasks, host: String) -> Vec<(&'static str, String)> {
+    let mut env = full_env(server);
+    env.retain(|(key, _)| *key != "CLOUD_TASKS_EMULATOR_HOST");
+    env.push(("CLOUD_TASKS_EMULATOR_HOST", host));
+    env
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()
 }
@@ -48,13 +69,7 @@ fn text(bytes: &[u8]) -> String {
 async fn enqueue_prints_the_task_name() {
     let server = MockCloudTasks::start().await.unwrap();
     let output = run(
-        &[
-            "enqueue",
-            "--document-id",
-            DOCUMENT_ID,
-            "--filename",
-            "report.pdf",
-        ],
+        &enqueue_args("report.pdf", &[]),
         &full_env(&server),
         &scratch_dir(),
     )
@@ -77,14 +92,7 @@ async fn enqueue_prints_the_task_name() {
 async fn enqueue_json_prints_the_task() {
     let server = MockCloudTasks::start().await.unwrap();
     let output = run(
-        &[
-            "enqueue",
-            "--document-id",
-            DOCUMENT_ID,
-            "--filename",
-            "report.pdf",
-            "--json",
-        ],
+        &enqueue_args("report.pdf", &["--json"]),
         &full_env(&server),
         &scratch_dir(),
     )
@@ -121,13 +129,7 @@ async fn settings_come_from_a_dotenv_file_and_the_environment_wins() {
         .collect();
     std::fs::write(dir.join(".env"), dotenv).unwrap();
     let output = run(
-        &[
-            "enqueue",
-            "--document-id",
-            DOCUMENT_ID,
-            "--filename",
-            "a.pdf",
-        ],
+        &enqueue_args("a.pdf", &[]),
         &[("CLOUD_TASKS_QUEUE", "from-env".to_owned())],
         &dir,
     )
@@ -141,18 +143,7 @@ async fn settings_come_from_a_dotenv_file_and_the_environment_wins() {
 
 #[tokio::test]
 async fn missing_settings_exit_2_naming_every_variable() {
-    let output = run(
-        &[
-            "enqueue",
-            "--document-id",
-            DOCUMENT_ID,
-            "--filename",
-            "a.pdf",
-        ],
-        &[],
-        &scratch_dir(),
-    )
-    .await;
+    let output = run(&enqueue_args("a.pdf", &[]), &[], &scratch_dir()).await;
     assert_eq!(output.status.code(), Some(2));
     assert!(output.stdout.is_empty());
     let stderr = text(&output.stderr);
@@ -189,13 +180,7 @@ async fn a_failed_call_exits_1_with_one_actionable_line() {
     let server = MockCloudTasks::start().await.unwrap();
     server.push_fault(Fault::Reject(Code::PermissionDenied, "denied".to_owned()));
     let output = run(
-        &[
-            "enqueue",
-            "--document-id",
-            DOCUMENT_ID,
-            "--filename",
-            "a.pdf",
-        ],
+        &enqueue_args("a.pdf", &[]),
         &full_env(&server),
         &scratch_dir(),
     )
@@ -220,20 +205,10 @@ async fn timeout_bounds_a_call_to_a_hung_server() {
         }
     });
     let server = MockCloudTasks::start().await.unwrap();
-    let mut env = full_env(&server);
-    env.retain(|(key, _)| *key != "CLOUD_TASKS_EMULATOR_HOST");
-    env.push(("CLOUD_TASKS_EMULATOR_HOST", host));
+    let env = env_with_host(&server, host);
     let started = std::time::Instant::now();
     let output = run(
-        &[
-            "enqueue",
-            "--document-id",
-            DOCUMENT_ID,
-            "--filename",
-            "a.pdf",
-            "--timeout",
-            "2s",
-        ],
+        &enqueue_args("a.pdf", &["--timeout", "2s"]),
         &env,
         &scratch_dir(),
     )
@@ -254,20 +229,10 @@ async fn timeout_bounds_a_call_with_no_server() {
         listener.local_addr().unwrap().port()
     };
     let server = MockCloudTasks::start().await.unwrap();
-    let mut env = full_env(&server);
-    env.retain(|(key, _)| *key != "CLOUD_TASKS_EMULATOR_HOST");
-    env.push(("CLOUD_TASKS_EMULATOR_HOST", format!("127.0.0.1:{port}")));
+    let env = env_with_host(&server, format!("127.0.0.1:{port}"));
     let started = std::time::Instant::now();
     let output = run(
-        &[
-            "enqueue",
-            "--document-id",
-            DOCUMENT_ID,
-            "--filename",
-            "a.pdf",
-            "--timeout",
-            "2s",
-        ],
+        &enqueue_args("a.pdf", &["--timeout", "2s"]),
         &env,
         &scratch_dir(),
     )
@@ -284,14 +249,7 @@ async fn dedupe_enqueues_a_document_once_even_under_faults() {
     let server = MockCloudTasks::start().await.unwrap();
     let env = full_env(&server);
     let dir = scratch_dir();
-    let args = [
-        "enqueue",
-        "--document-id",
-        DOCUMENT_ID,
-        "--filename",
-        "a.pdf",
-        "--dedupe",
-    ];
+    let args = enqueue_args("a.pdf", &["--dedupe"]);
     server.push_fault(Fault::Reject(Code::Unavailable, "before store".to_owned()));
     let first = run(&args, &env, &dir).await;
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
@@ -322,15 +280,7 @@ async fn dedupe_enqueues_a_document_once_even_under_faults() {
 #[tokio::test]
 async fn an_invalid_timeout_is_a_usage_error() {
     let output = run(
-        &[
-            "enqueue",
-            "--document-id",
-            DOCUMENT_ID,
-            "--filename",
-            "a.pdf",
-            "--timeout",
-            "soon",
-        ],
+        &enqueue_args("a.pdf", &["--timeout", "soon"]),
         &[],
         &scratch_dir(),
     )
