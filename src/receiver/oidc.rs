@@ -172,15 +172,24 @@ impl OidcVerifier {
             .map_err(|error| VerifyError::from_jwt(error.into_kind()))?
             .claims;
 
-        if !self.issuers.contains(&claims.iss) {
+        // jsonwebtoken requires these three, but parses the claims before it checks that.
+        let missing = |claim: &str| VerifyError::MissingClaim {
+            claim: claim.to_owned(),
+        };
+        let (iss, aud, exp) = (
+            claims.iss.ok_or_else(|| missing("iss"))?,
+            claims.aud.ok_or_else(|| missing("aud"))?,
+            claims.exp.ok_or_else(|| missing("exp"))?,
+        );
+        if !self.issuers.contains(&iss) {
             return Err(VerifyError::WrongIssuer {
-                found: claims.iss,
+                found: iss,
                 expected: self.issuers.clone(),
             });
         }
-        if !claims.aud.contains(&self.audience) {
+        if !aud.contains(&self.audience) {
             return Err(VerifyError::WrongAudience {
-                found: claims.aud.to_string(),
+                found: aud.to_string(),
                 expected: self.audience.clone(),
             });
         }
@@ -196,9 +205,9 @@ impl OidcVerifier {
         Ok(VerifiedToken {
             email: self.email.clone(),
             subject: claims.sub,
-            issuer: claims.iss,
+            issuer: iss,
             key_id: kid,
-            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp),
+            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp),
         })
     }
 
@@ -416,9 +425,9 @@ struct JwksDocument {
 
 #[derive(Deserialize)]
 struct Claims {
-    iss: String,
-    aud: Audience,
-    exp: u64,
+    iss: Option<String>,
+    aud: Option<Audience>,
+    exp: Option<u64>,
     sub: Option<String>,
     email: Option<String>,
     email_verified: Option<bool>,
