@@ -78,10 +78,7 @@ fn der_element(input: &[u8], tag: u8) -> (&[u8], &[u8]) {
             (length, 2 + count)
         }
     };
-    (
-        &input[header..header + length],
-        &input[header + length..],
-    )
+    (&input[header..header + length], &input[header + length..])
 }
 
 /// A local OIDC issuer: discovery document and JWKS, with a count of JWKS fetches.
@@ -213,17 +210,29 @@ async fn keys_are_cached_by_kid_and_fetched_again_for_an_unknown_kid() {
     let first = TestKey::generate("key-1");
     let issuer = Issuer::start(&[&first]).await;
     let verifier = issuer.verifier();
-    verifier.verify(&first.sign(&issuer.claims())).await.unwrap();
-    verifier.verify(&first.sign(&issuer.claims())).await.unwrap();
+    verifier
+        .verify(&first.sign(&issuer.claims()))
+        .await
+        .unwrap();
+    verifier
+        .verify(&first.sign(&issuer.claims()))
+        .await
+        .unwrap();
     assert_eq!(issuer.fetches(), 1, "a known kid is served from the cache");
 
     // The issuer rotates: a token with the new kid makes the verifier fetch the JWKS again.
     let second = TestKey::generate("key-2");
     issuer.publish(&second);
-    let verified = verifier.verify(&second.sign(&issuer.claims())).await.unwrap();
+    let verified = verifier
+        .verify(&second.sign(&issuer.claims()))
+        .await
+        .unwrap();
     assert_eq!(verified.key_id, "key-2");
     assert_eq!(issuer.fetches(), 2);
-    verifier.verify(&first.sign(&issuer.claims())).await.unwrap();
+    verifier
+        .verify(&first.sign(&issuer.claims()))
+        .await
+        .unwrap();
     assert_eq!(issuer.fetches(), 2);
 }
 
@@ -254,7 +263,10 @@ async fn refreshes_for_unknown_kids_are_rate_limited() {
         .with_issuer(&issuer.url)
         .with_min_refresh_interval(Duration::from_secs(60))
         .build();
-    verifier.verify(&known.sign(&issuer.claims())).await.unwrap();
+    verifier
+        .verify(&known.sign(&issuer.claims()))
+        .await
+        .unwrap();
     for attempt in 0..3 {
         let forged = TestKey::generate(&format!("forged-{attempt}"));
         assert_rejected(&verifier, &forged.sign(&issuer.claims()), "kid").await;
@@ -288,7 +300,10 @@ async fn wrong_audience_is_rejected() {
     );
     let error = assert_rejected(&issuer.verifier(), &key.sign(&claims), "aud").await;
     let message = error.to_string();
-    assert!(message.contains("https://other-service.a.run.app"), "{message}");
+    assert!(
+        message.contains("https://other-service.a.run.app"),
+        "{message}"
+    );
     assert!(message.contains(AUDIENCE), "{message}");
 }
 
@@ -297,7 +312,11 @@ async fn an_audience_list_must_contain_the_audience() {
     let key = TestKey::generate("key-1");
     let issuer = Issuer::start(&[&key]).await;
     let verifier = issuer.verifier();
-    let listed = with(issuer.claims(), "aud", json!(["https://x.example", AUDIENCE]));
+    let listed = with(
+        issuer.claims(),
+        "aud",
+        json!(["https://x.example", AUDIENCE]),
+    );
     verifier.verify(&key.sign(&listed)).await.unwrap();
     let unlisted = with(issuer.claims(), "aud", json!(["https://x.example"]));
     assert_rejected(&verifier, &key.sign(&unlisted), "aud").await;
@@ -314,7 +333,10 @@ async fn wrong_email_is_rejected() {
         json!("someone@other-project.iam.gserviceaccount.com"),
     );
     let error = assert_rejected(&verifier, &key.sign(&other), "email").await;
-    assert!(error.to_string().contains("someone@other-project"), "{error}");
+    assert!(
+        error.to_string().contains("someone@other-project"),
+        "{error}"
+    );
 
     let mut no_email = issuer.claims();
     no_email.as_object_mut().unwrap().remove("email");
@@ -478,7 +500,9 @@ async fn receive_checks_token_then_headers_then_body() {
     let rejection = receiver::receive::<ProcessDocumentPayload>(&verifier, &no_retry_count, &body)
         .await
         .unwrap_err();
-    assert!(matches!(&rejection, Rejection::Headers(error) if error.header() == "x-cloudtasks-taskretrycount"));
+    assert!(
+        matches!(&rejection, Rejection::Headers(error) if error.header() == "x-cloudtasks-taskretrycount")
+    );
     assert_eq!(rejection.status_code(), StatusCode::BAD_REQUEST);
 
     let rejection = receiver::receive::<ProcessDocumentPayload>(
@@ -488,6 +512,9 @@ async fn receive_checks_token_then_headers_then_body() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(rejection, Rejection::Payload { .. }), "{rejection}");
+    assert!(
+        matches!(rejection, Rejection::Payload { .. }),
+        "{rejection}"
+    );
     assert_eq!(rejection.status_code(), StatusCode::BAD_REQUEST);
 }

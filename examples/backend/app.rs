@@ -107,7 +107,9 @@ async fn process_document<P: Processor>(
             app.processor.rejected(&rejection);
             // The caller learns which check failed, not what was expected.
             let message = match &rejection {
-                Rejection::Token(error) => format!("OIDC token rejected: {} check failed", error.check()),
+                Rejection::Token(error) => {
+                    format!("OIDC token rejected: {} check failed", error.check())
+                }
                 other => other.to_string(),
             };
             return (rejection.status_code(), message).into_response();

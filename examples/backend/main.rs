@@ -47,8 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = CloudTasksClient::from_settings(&settings)?;
     let target = client.target();
     // Google's issuers and keys unless the emulator's issuer is configured.
-    let mut verifier =
-        OidcVerifier::builder(target.service_url(), target.service_account_email());
+    let mut verifier = OidcVerifier::builder(target.service_url(), target.service_account_email());
     if let Ok(issuer) = std::env::var(OIDC_ISSUER_VAR) {
         verifier = verifier.with_issuer(issuer);
     }

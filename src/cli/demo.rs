@@ -80,7 +80,9 @@ impl app::Processor for DemoProcessor {
     }
 
     fn rejected(&self, rejection: &Rejection) {
-        self.events.send(Event::Rejected(rejection.to_string())).ok();
+        self.events
+            .send(Event::Rejected(rejection.to_string()))
+            .ok();
     }
 }
 
@@ -176,15 +178,22 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
     tokio::spawn(async move { axum::serve(handler_listener, handler).await });
 
     println!("cloud-tasks demo: Cloud Tasks emulator, local handler, OIDC verification\n");
-    println!("  emulator  {emulator_address} (in-process cloud-tasks-emulator; it logs each attempt on stderr)");
+    println!(
+        "  emulator  {emulator_address} (in-process cloud-tasks-emulator; it logs each attempt on stderr)"
+    );
     println!("  queue     {queue}");
     println!(
         "  handler   http://{handler_address}{}",
         cloud_tasks::PROCESS_DOCUMENT_PATH
     );
-    println!("  tokens    issuer {issuer}, audience http://{handler_address}, email {service_account}");
+    println!(
+        "  tokens    issuer {issuer}, audience http://{handler_address}, email {service_account}"
+    );
     println!();
-    println!("Enqueuing {} documents with CloudTasksClient:", documents.len());
+    println!(
+        "Enqueuing {} documents with CloudTasksClient:",
+        documents.len()
+    );
     for document in &documents {
         let task = client
             .create_document_processing_task(document.document_id, &document.filename)
@@ -279,11 +288,7 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
 
 /// Waits until the emulator has recorded every answer and holds no task, using its
 /// `GET /emulator/{queue}:waitIdle` endpoint.
-async fn wait_idle(
-    emulator: &SocketAddr,
-    queue: &str,
-    deadline: Instant,
-) -> Result<(), Failure> {
+async fn wait_idle(emulator: &SocketAddr, queue: &str, deadline: Instant) -> Result<(), Failure> {
     let url = format!("http://{emulator}/emulator/{queue}:waitIdle");
     let timeout = deadline.saturating_duration_since(Instant::now());
     let failed = |reason: String| Failure::Failed(format!("the queue did not drain: {reason}"));

@@ -62,9 +62,12 @@ async fn serve(args: EmulatorArgs) -> Result<(), (u8, String)> {
         ))
     })?;
 
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .map_err(|error| (EXIT_FAILED, format!("cannot listen on {}: {error}", args.listen)))?;
+    let listener = TcpListener::bind(args.listen).await.map_err(|error| {
+        (
+            EXIT_FAILED,
+            format!("cannot listen on {}: {error}", args.listen),
+        )
+    })?;
     let bound = listener
         .local_addr()
         .map_err(|error| (EXIT_FAILED, error.to_string()))?;

@@ -62,11 +62,14 @@ impl TaskContext {
         };
         let number = |name: &'static str| {
             let value = required(name)?;
-            value.parse::<u32>().map_err(|_| HeaderError::malformed(name, value, "a count"))
+            value
+                .parse::<u32>()
+                .map_err(|_| HeaderError::malformed(name, value, "a count"))
         };
         let eta_text = required(ETA_HEADER)?;
-        let eta = parse_eta(eta_text)
-            .ok_or_else(|| HeaderError::malformed(ETA_HEADER, eta_text, "seconds since the epoch"))?;
+        let eta = parse_eta(eta_text).ok_or_else(|| {
+            HeaderError::malformed(ETA_HEADER, eta_text, "seconds since the epoch")
+        })?;
         let previous_response = match text(headers, PREVIOUS_RESPONSE_HEADER)? {
             None | Some("") => None,
             Some(value) => Some(value.parse::<u16>().map_err(|_| {

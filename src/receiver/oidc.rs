@@ -152,9 +152,10 @@ impl OidcVerifier {
     /// # Errors
     /// A [`VerifyError`] naming the check that failed; it never contains the token.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|error| VerifyError::Malformed {
-            reason: error.to_string(),
-        })?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|error| VerifyError::Malformed {
+                reason: error.to_string(),
+            })?;
         if header.alg != Algorithm::RS256 {
             return Err(VerifyError::UnsupportedAlgorithm {
                 alg: format!("{:?}", header.alg),
