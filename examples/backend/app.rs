@@ -33,9 +33,7 @@ pub trait Processor: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
 
     /// Called for each request the handler refused; the handler logs it already.
-    fn rejected(&self, rejection: &Rejection) {
-        let _ = rejection;
-    }
+    fn rejected(&self, _rejection: &Rejection) {}
 }
 
 /// What both routes need.

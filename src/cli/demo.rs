@@ -195,9 +195,17 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
         documents.len()
     );
     for document in &documents {
-        let task = client
-            .create_document_processing_task(document.document_id, &document.filename)
-            .await?;
+        let task = tokio::time::timeout_at(
+            deadline.into(),
+            client.create_document_processing_task(document.document_id, &document.filename),
+        )
+        .await
+        .map_err(|_| {
+            Failure::Failed(format!(
+                "enqueuing did not finish within {} s",
+                args.timeout
+            ))
+        })??;
         println!(
             "  {}  {:<24} -> task {}",
             document.document_id,

@@ -11,7 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderMap;
-use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
@@ -297,9 +297,11 @@ impl OidcVerifier {
             .into_iter()
             .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
             .filter(|jwk| {
-                jwk.common
-                    .key_algorithm
-                    .is_none_or(|alg| alg == jsonwebtoken::jwk::KeyAlgorithm::RS256)
+                matches!(jwk.algorithm, AlgorithmParameters::RSA(_))
+                    && jwk
+                        .common
+                        .key_algorithm
+                        .is_none_or(|alg| alg == KeyAlgorithm::RS256)
             })
             .filter_map(|jwk| {
                 let kid = jwk.common.key_id.clone()?;
@@ -310,7 +312,10 @@ impl OidcVerifier {
         Ok(KeySet {
             keys,
             fetched_at: Instant::now(),
-            max_age: max_age.unwrap_or(DEFAULT_KEYS_MAX_AGE),
+            // `no-store` must not turn every verification into a fetch.
+            max_age: max_age
+                .unwrap_or(DEFAULT_KEYS_MAX_AGE)
+                .max(self.min_refresh_interval),
         })
     }
 
@@ -565,9 +570,6 @@ impl VerifyError {
             ErrorKind::InvalidSignature => Self::BadSignature,
             ErrorKind::ExpiredSignature => Self::Expired,
             ErrorKind::MissingRequiredClaim(claim) => Self::MissingClaim { claim },
-            ErrorKind::InvalidAlgorithm => Self::UnsupportedAlgorithm {
-                alg: "other than the key's".to_owned(),
-            },
             other => Self::Malformed {
                 reason: jsonwebtoken::errors::Error::from(other).to_string(),
             },
