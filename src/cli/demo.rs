@@ -18,6 +18,7 @@ use cloud_tasks::receiver::{Delivery, OidcVerifier, Rejection};
 use cloud_tasks::{CloudTasksClient, ProcessDocumentPayload, Settings, Uuid};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::{EXIT_FAILED, EXIT_USAGE};
 
@@ -216,13 +217,58 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
     println!();
     println!("Deliveries (each token verified against the emulator's JWKS):");
 
+    let tally = watch_deliveries(&documents, &mut received, &mut emulator, deadline).await?;
+    wait_idle(&emulator_address, &queue, deadline).await?;
+
+    println!();
+    println!(
+        "OK: {n} of {n} documents processed in {:.2} s; {} deliveries ({} retried), \
+         every OIDC token verified (RS256 signature, iss, aud, exp, email); queue empty.",
+        started.elapsed().as_secs_f64(),
+        tally.deliveries,
+        tally.retries,
+        n = documents.len(),
+    );
+    Ok(())
+}
+
+struct Tally {
+    deliveries: usize,
+    retries: usize,
+}
+
+/// Prints each delivery as the handler reports it, until every document is processed.
+///
+/// Fails at the first refused delivery (the handler's checks are what the demo shows), when the
+/// emulator stops, or at `deadline`, naming the documents still missing.
+async fn watch_deliveries(
+    documents: &[ProcessDocumentPayload],
+    received: &mut mpsc::UnboundedReceiver<Event>,
+    emulator: &mut JoinHandle<Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    deadline: Instant,
+) -> Result<Tally, Failure> {
     let mut processed = HashSet::new();
-    let (mut deliveries, mut retries) = (0_usize, 0_usize);
+    let mut tally = Tally {
+        deliveries: 0,
+        retries: 0,
+    };
     while processed.len() < documents.len() {
         let event = tokio::select! {
             event = received.recv() => event,
-            () = tokio::time::sleep_until(deadline.into()) => None,
-            result = &mut emulator => {
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let missing: Vec<String> = documents
+                    .iter()
+                    .filter(|document| !processed.contains(&document.document_id))
+                    .map(|document| document.document_id.to_string())
+                    .collect();
+                return Err(Failure::Failed(format!(
+                    "{} of {} documents were not processed before the --timeout: {}",
+                    missing.len(),
+                    documents.len(),
+                    missing.join(", ")
+                )));
+            }
+            result = &mut *emulator => {
                 let reason = match result {
                     Ok(Ok(())) => "it stopped".to_owned(),
                     Ok(Err(error)) => error.to_string(),
@@ -231,67 +277,43 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
                 return Err(Failure::Failed(format!("the emulator failed: {reason}")));
             }
         };
-        match event {
+        let (delivery, simulated_failure) = match event {
             Some(Event::Delivered {
                 delivery,
                 simulated_failure,
-            }) => {
-                deliveries += 1;
-                let context = &delivery.context;
-                if context.is_retry() {
-                    retries += 1;
-                }
-                let previous = context
-                    .previous_response
-                    .map(|status| format!(" (after {status})"))
-                    .unwrap_or_default();
-                let outcome = if simulated_failure {
-                    "-> 500 simulated failure, Cloud Tasks retries"
-                } else {
-                    processed.insert(delivery.payload.document_id);
-                    "-> 200 processed"
-                };
-                println!(
-                    "  {} {}  {:<24} task {:<20}  retry {}{previous:<12}  OIDC token verified  {outcome}",
-                    if simulated_failure { "✗" } else { "✓" },
-                    delivery.payload.document_id,
-                    quoted(&delivery.payload.filename),
-                    context.task_name,
-                    context.retry_count,
-                );
-            }
+            }) => (delivery, simulated_failure),
             Some(Event::Rejected(reason)) => {
                 return Err(Failure::Failed(format!(
                     "the handler refused a delivery: {reason}"
                 )));
             }
-            None => {
-                let missing: Vec<String> = documents
-                    .iter()
-                    .filter(|document| !processed.contains(&document.document_id))
-                    .map(|document| document.document_id.to_string())
-                    .collect();
-                return Err(Failure::Failed(format!(
-                    "{} of {} documents were not processed within {} s: {}",
-                    missing.len(),
-                    documents.len(),
-                    args.timeout,
-                    missing.join(", ")
-                )));
-            }
+            None => return Err(Failure::Failed("the local handler stopped".to_owned())),
+        };
+        tally.deliveries += 1;
+        let context = &delivery.context;
+        if context.is_retry() {
+            tally.retries += 1;
         }
+        let previous = context
+            .previous_response
+            .map(|status| format!(" (after {status})"))
+            .unwrap_or_default();
+        let outcome = if simulated_failure {
+            "-> 500 simulated failure, Cloud Tasks retries"
+        } else {
+            processed.insert(delivery.payload.document_id);
+            "-> 200 processed"
+        };
+        println!(
+            "  {} {}  {:<24} task {:<20}  retry {}{previous:<12}  OIDC token verified  {outcome}",
+            if simulated_failure { "✗" } else { "✓" },
+            delivery.payload.document_id,
+            quoted(&delivery.payload.filename),
+            context.task_name,
+            context.retry_count,
+        );
     }
-    wait_idle(&emulator_address, &queue, deadline).await?;
-
-    println!();
-    println!(
-        "OK: {} of {} documents processed in {:.2} s; {deliveries} deliveries ({retries} retried), \
-         every OIDC token verified (RS256 signature, iss, aud, exp, email); queue empty.",
-        processed.len(),
-        documents.len(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    Ok(tally)
 }
 
 /// Waits until the emulator has recorded every answer and holds no task, using its
