@@ -95,8 +95,7 @@ pub(super) async fn run(args: DemoArgs) -> ExitCode {
             ExitCode::from(EXIT_USAGE)
         }
         Err(Failure::Failed(message)) => {
-            println!();
-            println!("FAILED: {message}");
+            eprintln!("\nFAILED: {message}");
             ExitCode::from(EXIT_FAILED)
         }
     }
