@@ -23,6 +23,10 @@
 //! # Features
 //! - `testing`: [`testing::MockCloudTasks`], an in-process Cloud Tasks server for tests.
 //! - `cli`: the `cloud-tasks` command-line tool.
+//! - `receiver`: [`receiver`], the receiving side: OIDC token verification and the Cloud Tasks
+//!   request headers, for the backend's task handler.
+//! - `demo`: `cloud-tasks demo` and `cloud-tasks emulator`, with the embedded emulator
+//!   (see `docs/LOCAL_DEVELOPMENT.md`).
 //!
 //! See `ARCHITECTURE.md` for the path of a request through the modules.
 
@@ -36,6 +40,8 @@ mod error;
 mod payload;
 pub mod proto;
 mod retry;
+#[cfg(feature = "receiver")]
+pub mod receiver;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;

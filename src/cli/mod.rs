@@ -1,5 +1,9 @@
 //! Command-line parsing, exit codes and output; the work itself is the library's.
 
+#[cfg(feature = "demo")]
+mod demo;
+#[cfg(feature = "demo")]
+mod emulator;
 mod output;
 
 use std::process::ExitCode;
@@ -24,6 +28,12 @@ struct Cli {
 enum Command {
     /// Enqueue one document for processing and print the created task's name.
     Enqueue(EnqueueArgs),
+    /// Run the whole pipeline locally: embedded emulator, local handler, OIDC verification.
+    #[cfg(feature = "demo")]
+    Demo(demo::DemoArgs),
+    /// Run the Cloud Tasks emulator for local development and print the environment to export.
+    #[cfg(feature = "demo")]
+    Emulator(emulator::EmulatorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +74,13 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
+    // These report their own outcome and exit code.
+    #[cfg(feature = "demo")]
+    match cli.command {
+        Command::Demo(args) => return runtime.block_on(demo::run(args)),
+        Command::Emulator(args) => return runtime.block_on(emulator::run(args)),
+        _ => {}
+    }
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -90,6 +107,8 @@ fn init_tracing() {
 async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Enqueue(args) => enqueue(args).await,
+        #[cfg(feature = "demo")]
+        Command::Demo(_) | Command::Emulator(_) => unreachable!("dispatched in main"),
     }
 }
 

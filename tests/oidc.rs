@@ -1,0 +1,520 @@
+//! The OIDC verifier against a local issuer: our own RSA keys, tokens signed with
+//! `jsonwebtoken`, and a JWKS served over HTTP on 127.0.0.1:0. Every check must reject the token
+//! that breaks it, and say which check failed without echoing the token.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cloud_tasks::ProcessDocumentPayload;
+use cloud_tasks::receiver::{self, OidcVerifier, Rejection, VerifyError};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const AUDIENCE: &str = "https://backend-abc123-uc.a.run.app";
+const EMAIL: &str = "tasks-invoker@my-project.iam.gserviceaccount.com";
+
+/// An RSA key with its `kid`.
+struct TestKey {
+    kid: String,
+    encoding: EncodingKey,
+    jwk: Value,
+}
+
+impl TestKey {
+    fn generate(kid: &str) -> Self {
+        let pair = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let pkcs8 = pair.as_der().unwrap();
+        let public = pair.public_key();
+        Self {
+            kid: kid.to_owned(),
+            // jsonwebtoken's aws-lc backend reads PKCS#1; aws-lc writes PKCS#8 around it.
+            encoding: EncodingKey::from_rsa_der(pkcs1_in_pkcs8(pkcs8.as_ref())),
+            jwk: json!({
+                "kty": "RSA",
+                "alg": "RS256",
+                "use": "sig",
+                "kid": kid,
+                "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+                "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+            }),
+        }
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
+    }
+}
+
+/// The `RSAPrivateKey` inside a PKCS#8 `PrivateKeyInfo`:
+/// SEQUENCE { INTEGER version, SEQUENCE algorithm, OCTET STRING privateKey }.
+fn pkcs1_in_pkcs8(der: &[u8]) -> &[u8] {
+    let (info, _) = der_element(der, 0x30);
+    let (_, rest) = der_element(info, 0x02);
+    let (_, rest) = der_element(rest, 0x30);
+    der_element(rest, 0x04).0
+}
+
+/// (contents, rest) of the DER element at the start of `input`, which must have `tag`.
+fn der_element(input: &[u8], tag: u8) -> (&[u8], &[u8]) {
+    assert_eq!(input[0], tag, "unexpected DER tag");
+    let (length, header) = match input[1] {
+        short if short < 0x80 => (usize::from(short), 2),
+        long => {
+            let count = usize::from(long & 0x7f);
+            let length = input[2..2 + count]
+                .iter()
+                .fold(0, |length, byte| length << 8 | usize::from(*byte));
+            (length, 2 + count)
+        }
+    };
+    (&input[header..header + length], &input[header + length..])
+}
+
+/// A local OIDC issuer: discovery document and JWKS, with a count of JWKS fetches.
+struct Issuer {
+    url: String,
+    keys: Arc<Mutex<Vec<Value>>>,
+    jwks_fetches: Arc<AtomicUsize>,
+    /// Answer 500 to every request.
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Issuer {
+    async fn start(keys: &[&TestKey]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let issuer = Self {
+            url: url.clone(),
+            keys: Arc::new(Mutex::new(keys.iter().map(|key| key.jwk.clone()).collect())),
+            jwks_fetches: Arc::new(AtomicUsize::new(0)),
+            broken: Arc::default(),
+        };
+        let (keys, fetches, broken) = (
+            issuer.keys.clone(),
+            issuer.jwks_fetches.clone(),
+            issuer.broken.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = vec![0; 16 * 1024];
+                let Ok(read) = stream.read(&mut buffer).await else {
+                    continue;
+                };
+                let request = String::from_utf8_lossy(&buffer[..read]);
+                let path = request.split_whitespace().nth(1).unwrap_or_default();
+                let (status, body) = if broken.load(Ordering::SeqCst) {
+                    ("500 Internal Server Error", "{}".to_owned())
+                } else if path == "/.well-known/openid-configuration" {
+                    let document = json!({ "issuer": url, "jwks_uri": format!("{url}/jwks") });
+                    ("200 OK", document.to_string())
+                } else if path == "/jwks" {
+                    fetches.fetch_add(1, Ordering::SeqCst);
+                    let keys = keys.lock().unwrap().clone();
+                    ("200 OK", json!({ "keys": keys }).to_string())
+                } else {
+                    ("404 Not Found", "{}".to_owned())
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(response.as_bytes()).await.ok();
+                stream.shutdown().await.ok();
+            }
+        });
+        issuer
+    }
+
+    fn publish(&self, key: &TestKey) {
+        self.keys.lock().unwrap().push(key.jwk.clone());
+    }
+
+    fn fetches(&self) -> usize {
+        self.jwks_fetches.load(Ordering::SeqCst)
+    }
+
+    /// A verifier for this issuer, fetching again on every unknown `kid`.
+    fn verifier(&self) -> OidcVerifier {
+        OidcVerifier::builder(AUDIENCE, EMAIL)
+            .with_issuer(&self.url)
+            .with_min_refresh_interval(Duration::ZERO)
+            .build()
+    }
+
+    /// Claims Cloud Tasks would send for our audience and service account.
+    fn claims(&self) -> Value {
+        let now = now();
+        json!({
+            "aud": AUDIENCE,
+            "azp": "112233445566778899000",
+            "email": EMAIL,
+            "email_verified": true,
+            "exp": now + 3600,
+            "iat": now,
+            "iss": self.url,
+            "sub": "112233445566778899000",
+        })
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn with(mut claims: Value, name: &str, value: Value) -> Value {
+    claims[name] = value;
+    claims
+}
+
+/// Asserts that `token` is rejected by `check`, and that the message does not contain it.
+async fn assert_rejected(verifier: &OidcVerifier, token: &str, check: &str) -> VerifyError {
+    let error = verifier.verify(token).await.unwrap_err();
+    assert_eq!(error.check(), check, "{error}");
+    let message = format!("{error} {error:?}");
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!message.contains(signature), "{message}");
+    error
+}
+
+#[tokio::test]
+async fn a_valid_token_is_accepted_with_keys_from_discovery() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = issuer.verifier();
+
+    let verified = verifier.verify(&key.sign(&issuer.claims())).await.unwrap();
+    assert_eq!(verified.email, EMAIL);
+    assert_eq!(verified.issuer, issuer.url);
+    assert_eq!(verified.key_id, "key-1");
+    assert_eq!(verified.subject.as_deref(), Some("112233445566778899000"));
+    assert!(verified.expires_at > SystemTime::now());
+    assert_eq!(issuer.fetches(), 1);
+}
+
+#[tokio::test]
+async fn keys_are_cached_by_kid_and_fetched_again_for_an_unknown_kid() {
+    let first = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&first]).await;
+    let verifier = issuer.verifier();
+    verifier
+        .verify(&first.sign(&issuer.claims()))
+        .await
+        .unwrap();
+    verifier
+        .verify(&first.sign(&issuer.claims()))
+        .await
+        .unwrap();
+    assert_eq!(issuer.fetches(), 1, "a known kid is served from the cache");
+
+    // The issuer rotates: a token with the new kid makes the verifier fetch the JWKS again.
+    let second = TestKey::generate("key-2");
+    issuer.publish(&second);
+    let verified = verifier
+        .verify(&second.sign(&issuer.claims()))
+        .await
+        .unwrap();
+    assert_eq!(verified.key_id, "key-2");
+    assert_eq!(issuer.fetches(), 2);
+    verifier
+        .verify(&first.sign(&issuer.claims()))
+        .await
+        .unwrap();
+    assert_eq!(issuer.fetches(), 2);
+}
+
+#[tokio::test]
+async fn a_token_signed_by_an_unknown_key_is_rejected_after_one_refresh() {
+    let known = TestKey::generate("known");
+    let stranger = TestKey::generate("stranger");
+    let issuer = Issuer::start(&[&known]).await;
+    let verifier = issuer.verifier();
+
+    let error = assert_rejected(&verifier, &stranger.sign(&issuer.claims()), "kid").await;
+    assert_eq!(
+        error,
+        VerifyError::UnknownKey {
+            kid: "stranger".to_owned()
+        }
+    );
+    assert_eq!(issuer.fetches(), 1);
+    assert_rejected(&verifier, &stranger.sign(&issuer.claims()), "kid").await;
+    assert_eq!(issuer.fetches(), 2, "an unknown kid refreshes the keys");
+}
+
+#[tokio::test]
+async fn refreshes_for_unknown_kids_are_rate_limited() {
+    let known = TestKey::generate("known");
+    let issuer = Issuer::start(&[&known]).await;
+    let verifier = OidcVerifier::builder(AUDIENCE, EMAIL)
+        .with_issuer(&issuer.url)
+        .with_min_refresh_interval(Duration::from_secs(60))
+        .build();
+    verifier
+        .verify(&known.sign(&issuer.claims()))
+        .await
+        .unwrap();
+    for attempt in 0..3 {
+        let forged = TestKey::generate(&format!("forged-{attempt}"));
+        assert_rejected(&verifier, &forged.sign(&issuer.claims()), "kid").await;
+    }
+    assert_eq!(issuer.fetches(), 1);
+}
+
+#[tokio::test]
+async fn a_known_kid_with_another_keys_signature_is_rejected() {
+    let real = TestKey::generate("key-1");
+    let mut impostor = TestKey::generate("other");
+    impostor.kid = "key-1".to_owned();
+    let issuer = Issuer::start(&[&real]).await;
+    let error = assert_rejected(
+        &issuer.verifier(),
+        &impostor.sign(&issuer.claims()),
+        "signature",
+    )
+    .await;
+    assert_eq!(error, VerifyError::BadSignature);
+}
+
+#[tokio::test]
+async fn wrong_audience_is_rejected() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let claims = with(
+        issuer.claims(),
+        "aud",
+        json!("https://other-service.a.run.app"),
+    );
+    let error = assert_rejected(&issuer.verifier(), &key.sign(&claims), "aud").await;
+    let message = error.to_string();
+    assert!(
+        message.contains("https://other-service.a.run.app"),
+        "{message}"
+    );
+    assert!(message.contains(AUDIENCE), "{message}");
+}
+
+#[tokio::test]
+async fn an_audience_list_must_contain_the_audience() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = issuer.verifier();
+    let listed = with(
+        issuer.claims(),
+        "aud",
+        json!(["https://x.example", AUDIENCE]),
+    );
+    verifier.verify(&key.sign(&listed)).await.unwrap();
+    let unlisted = with(issuer.claims(), "aud", json!(["https://x.example"]));
+    assert_rejected(&verifier, &key.sign(&unlisted), "aud").await;
+}
+
+#[tokio::test]
+async fn wrong_email_is_rejected() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = issuer.verifier();
+    let other = with(
+        issuer.claims(),
+        "email",
+        json!("someone@other-project.iam.gserviceaccount.com"),
+    );
+    let error = assert_rejected(&verifier, &key.sign(&other), "email").await;
+    assert!(
+        error.to_string().contains("someone@other-project"),
+        "{error}"
+    );
+
+    let mut no_email = issuer.claims();
+    no_email.as_object_mut().unwrap().remove("email");
+    let error = assert_rejected(&verifier, &key.sign(&no_email), "email").await;
+    assert_eq!(
+        error,
+        VerifyError::WrongEmail {
+            found: None,
+            expected: EMAIL.to_owned()
+        }
+    );
+}
+
+#[tokio::test]
+async fn unverified_email_is_rejected() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = issuer.verifier();
+    let unverified = with(issuer.claims(), "email_verified", json!(false));
+    assert_rejected(&verifier, &key.sign(&unverified), "email_verified").await;
+    let mut absent = issuer.claims();
+    absent.as_object_mut().unwrap().remove("email_verified");
+    assert_rejected(&verifier, &key.sign(&absent), "email_verified").await;
+}
+
+#[tokio::test]
+async fn wrong_issuer_is_rejected() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = issuer.verifier();
+    for wrong in ["https://accounts.google.com", "http://127.0.0.1:1", ""] {
+        let claims = with(issuer.claims(), "iss", json!(wrong));
+        let error = assert_rejected(&verifier, &key.sign(&claims), "iss").await;
+        assert!(error.to_string().contains(&issuer.url), "{error}");
+    }
+    let mut absent = issuer.claims();
+    absent.as_object_mut().unwrap().remove("iss");
+    let error = assert_rejected(&verifier, &key.sign(&absent), "claims").await;
+    assert_eq!(
+        error,
+        VerifyError::MissingClaim {
+            claim: "iss".to_owned()
+        }
+    );
+}
+
+#[tokio::test]
+async fn expired_tokens_are_rejected_beyond_the_leeway() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = issuer.verifier();
+    let expired = with(issuer.claims(), "exp", json!(now() - 3600));
+    let error = assert_rejected(&verifier, &key.sign(&expired), "exp").await;
+    assert_eq!(error, VerifyError::Expired);
+    // Within the default 10 s leeway: accepted.
+    let just_expired = with(issuer.claims(), "exp", json!(now() - 2));
+    verifier.verify(&key.sign(&just_expired)).await.unwrap();
+}
+
+#[tokio::test]
+async fn only_rs256_is_accepted() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("key-1".to_owned());
+    let token = jsonwebtoken::encode(
+        &header,
+        &issuer.claims(),
+        &EncodingKey::from_secret(b"a shared secret"),
+    )
+    .unwrap();
+    let error = assert_rejected(&issuer.verifier(), &token, "alg").await;
+    assert!(error.to_string().contains("HS256"), "{error}");
+    assert_eq!(issuer.fetches(), 0, "rejected before any key lookup");
+}
+
+#[tokio::test]
+async fn google_mode_accepts_both_google_issuer_strings_only() {
+    let key = TestKey::generate("google-key");
+    let issuer = Issuer::start(&[&key]).await;
+    // Google's issuers, with the keys served locally instead of from googleapis.com.
+    let verifier = OidcVerifier::builder(AUDIENCE, EMAIL)
+        .with_jwks_url(format!("{}/jwks", issuer.url))
+        .build();
+    for google in ["https://accounts.google.com", "accounts.google.com"] {
+        let claims = with(issuer.claims(), "iss", json!(google));
+        let verified = verifier.verify(&key.sign(&claims)).await.unwrap();
+        assert_eq!(verified.issuer, google);
+    }
+    assert_rejected(&verifier, &key.sign(&issuer.claims()), "iss").await;
+}
+
+#[tokio::test]
+async fn unreachable_keys_are_a_retryable_failure() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    issuer.broken.store(true, Ordering::SeqCst);
+    let verifier = issuer.verifier();
+    let error = assert_rejected(&verifier, &key.sign(&issuer.claims()), "jwks").await;
+    assert!(error.is_unavailable());
+    assert!(error.to_string().contains("500"), "{error}");
+    assert_eq!(
+        Rejection::from(error).status_code(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    // Once the issuer answers again, the same verifier recovers.
+    issuer.broken.store(false, Ordering::SeqCst);
+    verifier.verify(&key.sign(&issuer.claims())).await.unwrap();
+}
+
+fn task_headers(token: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+        );
+    }
+    for (name, value) in [
+        ("x-cloudtasks-queuename", "document-processing"),
+        ("x-cloudtasks-taskname", "7405916112390226781"),
+        ("x-cloudtasks-taskretrycount", "0"),
+        ("x-cloudtasks-taskexecutioncount", "0"),
+        ("x-cloudtasks-tasketa", "1764412345.5"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    headers
+}
+
+#[tokio::test]
+async fn receive_checks_token_then_headers_then_body() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = issuer.verifier();
+    let token = key.sign(&issuer.claims());
+    let payload = ProcessDocumentPayload {
+        document_id: cloud_tasks::Uuid::new_v4(),
+        filename: "résumé.pdf".to_owned(),
+    };
+    let body = payload.to_json_bytes();
+
+    let delivery =
+        receiver::receive::<ProcessDocumentPayload>(&verifier, &task_headers(Some(&token)), &body)
+            .await
+            .unwrap();
+    assert_eq!(delivery.payload, payload);
+    assert_eq!(delivery.context.task_name, "7405916112390226781");
+    assert_eq!(delivery.token.email, EMAIL);
+
+    let rejection =
+        receiver::receive::<ProcessDocumentPayload>(&verifier, &task_headers(None), &body)
+            .await
+            .unwrap_err();
+    assert_eq!(rejection, Rejection::Token(VerifyError::MissingToken));
+    assert_eq!(rejection.status_code(), StatusCode::UNAUTHORIZED);
+
+    let mut no_retry_count = task_headers(Some(&token));
+    no_retry_count.remove("x-cloudtasks-taskretrycount");
+    let rejection = receiver::receive::<ProcessDocumentPayload>(&verifier, &no_retry_count, &body)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&rejection, Rejection::Headers(error) if error.header() == "x-cloudtasks-taskretrycount")
+    );
+    assert_eq!(rejection.status_code(), StatusCode::BAD_REQUEST);
+
+    let rejection = receiver::receive::<ProcessDocumentPayload>(
+        &verifier,
+        &task_headers(Some(&token)),
+        br#"{"document_id": "not-a-uuid", "filename": "x.pdf"}"#,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(rejection, Rejection::Payload { .. }),
+        "{rejection}"
+    );
+    assert_eq!(rejection.status_code(), StatusCode::BAD_REQUEST);
+}
