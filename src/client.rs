@@ -229,6 +229,11 @@ impl CloudTasksClient {
         self.inner.channel.clone()
     }
 
+    /// Maps a status received for this client's queue: a whole call's, or one task's of a batch.
+    pub(crate) fn status_error(&self, status: tonic::Status) -> Error {
+        error::from_status(status, self.call_context())
+    }
+
     fn call_context(&self) -> CallContext<'_> {
         CallContext {
             queue: self.inner.target.queue_path(),

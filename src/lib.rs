@@ -29,6 +29,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod auth;
+mod batch;
 mod client;
 mod config;
 mod dedupe;
@@ -40,6 +41,10 @@ mod task;
 pub mod testing;
 mod validate;
 
+pub use batch::{
+    BatchEnqueuer, BatchOptions, DEFAULT_OPERATION_TIMEOUT, EnqueueMode, Enqueued, MAX_BATCH_SIZE,
+    Outcome,
+};
 pub use client::{
     ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_ENDPOINT,
