@@ -1,5 +1,6 @@
 //! Command-line parsing, exit codes and output; the work itself is the library's.
 
+mod enqueue_batch;
 mod output;
 
 use std::process::ExitCode;
@@ -23,6 +24,9 @@ struct Cli {
 enum Command {
     /// Enqueue one document for processing and print the created task's name.
     Enqueue(EnqueueArgs),
+    /// Enqueue every document of a JSON-lines file (or stdin) with BatchCreateTasks; print
+    /// the failed ones as JSON lines on stdout and a summary on stderr.
+    EnqueueBatch(enqueue_batch::EnqueueBatchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,6 +83,7 @@ fn init_tracing() {
 async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Enqueue(args) => enqueue(args).await,
+        Command::EnqueueBatch(args) => enqueue_batch::run(args).await,
     }
 }
 
