@@ -34,23 +34,152 @@ fn main() {
         serve();
         return;
     }
-    let per_task = env_usize("BENCH_TASKS", 4000);
-    let batch_tasks = env_usize("BENCH_BATCH_TASKS", 40_000);
+    let sizes = Sizes {
+        per_task: env_usize("BENCH_TASKS", 10_000),
+        batch: env_usize("BENCH_BATCH_TASKS", 40_000),
+        rounds: env_usize("BENCH_ROUNDS", 3).max(1),
+    };
     let cli_docs = env_usize("BENCH_CLI_DOCS", 100_000);
+    let concurrencies: Vec<usize> = std::env::var("BENCH_CONCURRENCY").map_or_else(
+        |_| CONCURRENCIES.to_vec(),
+        |list| {
+            list.split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect()
+        },
+    );
 
     let mut server = Server::start();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let multi_thread = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let host = server.host.clone();
+    let current_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    println!("# Enqueue benchmark\n");
+    println!("{}\n", machine());
+    println!(
+        "Each row is the median of {} rounds (paths interleaved); per-task rows {} tasks, \
+         batch rows {} tasks per round.\n",
+        sizes.rounds, sizes.per_task, sizes.batch
+    );
+    println!("## Client on a Tokio multi-thread runtime (2 workers), as the CLI runs\n");
+    print_header();
+    let mut results = Vec::new();
+    for &concurrency in &concurrencies {
+        let rows = run_paths(&multi_thread, &server.host, concurrency, &sizes, true);
+        for row in &rows {
+            row.print_row();
+        }
+        results.push(rows);
+    }
+    println!("\nLatency is per call: one task, or one batch of 100 tasks.\n");
+    println!("### Ratios (targets in brackets)\n");
+    println!(
+        "| concurrency | client/raw CPU per task [<= 1.3] | client/raw p99 [<= 1.2] | batch/per-task tasks/s [>= 5] |"
+    );
+    println!("|---:|---:|---:|---:|");
+    for rows in &results {
+        let (raw, client, batch) = (&rows[0], &rows[1], &rows[2]);
+        println!(
+            "| {} | {:.2} | {:.2} | {:.1} |",
+            raw.concurrency,
+            client.cpu_per_task_us() / raw.cpu_per_task_us(),
+            client.p99_us / raw.p99_us,
+            batch.tasks_per_s() / client.tasks_per_s(),
+        );
+    }
+
+    println!("\n## Client on a Tokio current-thread runtime, concurrency 1\n");
+    print_header();
+    let single = run_paths(&current_thread, &server.host, 1, &sizes, false);
+    for row in &single {
+        row.print_row();
+    }
+    println!(
+        "\nclient/raw CPU per task {:.2}, p99 {:.2}",
+        single[1].cpu_per_task_us() / single[0].cpu_per_task_us(),
+        single[1].p99_us / single[0].p99_us
+    );
+
+    let cli = enqueue_batch_cli(&server.host, cli_docs);
+    println!("\n## `cloud-tasks enqueue-batch` of {cli_docs} documents (release build)\n");
+    println!(
+        "peak RSS {:.1} MB [target < 50 MB]; {}",
+        cli.max_rss_kb as f64 / 1024.0,
+        cli.summary
+    );
+
+    println!("\n## Official Python client (google-cloud-tasks 2.26 over grpcio), concurrency 1\n");
+    match python_client(&server.host, sizes.per_task) {
+        Ok(python) => {
+            let python_cpu_per_task = python.cpu_s * 1e6 / python.tasks as f64;
+            println!(
+                "| client | tasks/s | client CPU/task (µs) | p50 latency (µs) | p99 latency (µs) | peak RSS (MB) | Python/Rust CPU per task [>= 10] |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|---:|");
+            println!(
+                "| Python `CloudTasksClient.create_task` | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} | |",
+                python.tasks as f64 / python.wall_s,
+                python_cpu_per_task,
+                python.p50_us,
+                python.p99_us,
+                python.max_rss_kb as f64 / 1024.0
+            );
+            let rust_rows = [
+                ("multi-thread runtime", &results[0][1]),
+                ("current-thread runtime", &single[1]),
+            ];
+            for (runtime, rust) in rust_rows {
+                println!(
+                    "| Rust `create_document_processing_task`, {runtime} | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+                    rust.tasks_per_s(),
+                    rust.cpu_per_task_us(),
+                    rust.p50_us,
+                    rust.p99_us,
+                    rust.peak_rss_kb as f64 / 1024.0,
+                    python_cpu_per_task / rust.cpu_per_task_us()
+                );
+            }
+        }
+        Err(reason) => println!("skipped: {reason}"),
+    }
+    server.stop();
+}
+
+struct Sizes {
+    per_task: usize,
+    batch: usize,
+    rounds: usize,
+}
+
+fn print_header() {
+    println!(
+        "| path | concurrency | tasks | tasks/s | client CPU/task (µs) | p50 latency (µs) | p99 latency (µs) | peak RSS (MB) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+}
+
+/// Raw stub, client per task and (if `batch`) the batch path at one concurrency, each the
+/// median of `sizes.rounds` interleaved rounds. Clients are built on `runtime`, which then
+/// drives their connections.
+fn run_paths(
+    runtime: &tokio::runtime::Runtime,
+    host: &str,
+    concurrency: usize,
+    sizes: &Sizes,
+    batch: bool,
+) -> Vec<Measured> {
     let (client, raw) = runtime.block_on(async {
         let client = CloudTasksClient::builder()
             .with_project_id(PROJECT)
             .with_service_url(SERVICE_URL)
             .with_service_account_email(SERVICE_ACCOUNT)
-            .with_emulator_host(&host)
+            .with_emulator_host(host)
             .build()
             .unwrap();
         let channel: Channel = Endpoint::from_shared(format!("http://{host}"))
@@ -61,21 +190,14 @@ fn main() {
             .unwrap();
         (client, RawCloudTasksClient::new(channel))
     });
-
-    println!("# Enqueue benchmark\n");
-    println!("{}\n", machine());
-    println!(
-        "| path | concurrency | tasks | tasks/s | client CPU/task (µs) | p50 latency (µs) | p99 latency (µs) | peak RSS (MB) |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    let mut results = Vec::new();
-    for concurrency in CONCURRENCIES {
-        let (raw, client_for_tasks, client_for_batches) =
-            (raw.clone(), client.clone(), client.clone());
-        let raw_result = runtime.block_on(measure(
+    let paths = if batch { 3 } else { 2 };
+    let mut rounds: Vec<Vec<Measured>> = (0..paths).map(|_| Vec::new()).collect();
+    for _ in 0..sizes.rounds {
+        let raw = raw.clone();
+        rounds[0].push(runtime.block_on(measure(
             "raw tonic stub, CreateTask",
             concurrency,
-            per_task,
+            sizes.per_task,
             1,
             move |_| {
                 let mut stub = raw.clone();
@@ -88,14 +210,15 @@ fn main() {
                     stub.create_task(request).await.unwrap();
                 }
             },
-        ));
-        let client_result = runtime.block_on(measure(
+        )));
+        let per_task_client = client.clone();
+        rounds[1].push(runtime.block_on(measure(
             "CloudTasksClient, CreateTask per task",
             concurrency,
-            per_task,
+            sizes.per_task,
             1,
             move |index| {
-                let client = client_for_tasks.clone();
+                let client = per_task_client.clone();
                 async move {
                     client
                         .create_document_processing_task(
@@ -106,93 +229,34 @@ fn main() {
                         .unwrap();
                 }
             },
-        ));
-        let batch_result = runtime.block_on(measure(
-            "CloudTasksClient, BatchCreateTasks x100",
-            concurrency,
-            batch_tasks,
-            100,
-            move |index| {
-                let client = client_for_batches.clone();
-                async move {
-                    let documents = (0..100).map(|offset| ProcessDocumentPayload {
-                        document_id: Uuid::new_v4(),
-                        filename: format!("scan-{}.pdf", index * 100 + offset),
-                    });
-                    let outcomes = client
-                        .create_document_processing_tasks(
-                            documents,
-                            BatchOptions::new().with_concurrency(1),
-                        )
-                        .await;
-                    assert!(outcomes.iter().all(|outcome| outcome.is_created()));
-                }
-            },
-        ));
-        for result in [&raw_result, &client_result, &batch_result] {
-            result.print_row();
+        )));
+        if batch {
+            let batch_client = client.clone();
+            rounds[2].push(runtime.block_on(measure(
+                "CloudTasksClient, BatchCreateTasks x100",
+                concurrency,
+                sizes.batch,
+                100,
+                move |index| {
+                    let client = batch_client.clone();
+                    async move {
+                        let documents = (0..100).map(|offset| ProcessDocumentPayload {
+                            document_id: Uuid::new_v4(),
+                            filename: format!("scan-{}.pdf", index * 100 + offset),
+                        });
+                        let outcomes = client
+                            .create_document_processing_tasks(
+                                documents,
+                                BatchOptions::new().with_concurrency(1),
+                            )
+                            .await;
+                        assert!(outcomes.iter().all(|outcome| outcome.is_created()));
+                    }
+                },
+            )));
         }
-        results.push((raw_result, client_result, batch_result));
     }
-
-    println!("\nLatency is per call: one task, or one batch of 100 tasks.\n");
-    println!("## Ratios (targets in brackets)\n");
-    println!(
-        "| concurrency | client/raw CPU per task [<= 1.3] | client/raw p99 [<= 1.2] | batch/per-task tasks/s [>= 5] |"
-    );
-    println!("|---:|---:|---:|---:|");
-    for (raw, client, batch) in &results {
-        println!(
-            "| {} | {:.2} | {:.2} | {:.1} |",
-            raw.concurrency,
-            client.cpu_per_task_us() / raw.cpu_per_task_us(),
-            client.p99_us / raw.p99_us,
-            batch.tasks_per_s() / client.tasks_per_s(),
-        );
-    }
-
-    let cli = enqueue_batch_cli(&server.host, cli_docs);
-    println!("\n## `cloud-tasks enqueue-batch` of {cli_docs} documents (release build)\n");
-    println!(
-        "peak RSS {:.1} MB [target < 50 MB]; {}",
-        cli.max_rss_kb as f64 / 1024.0,
-        cli.summary
-    );
-
-    println!("\n## Official Python client (google-cloud-tasks 2.26 over grpcio), concurrency 1\n");
-    let rust_cpu_per_task = results[0].1.cpu_per_task_us();
-    match python_client(&server.host, per_task) {
-        Ok(python) => {
-            let python_cpu_per_task = python.cpu_s * 1e6 / python.tasks as f64;
-            println!(
-                "| client | tasks/s | client CPU/task (µs) | p50 latency (µs) | p99 latency (µs) | peak RSS (MB) |"
-            );
-            println!("|---|---:|---:|---:|---:|---:|");
-            println!(
-                "| Python `CloudTasksClient.create_task` | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} |",
-                python.tasks as f64 / python.wall_s,
-                python_cpu_per_task,
-                python.p50_us,
-                python.p99_us,
-                python.max_rss_kb as f64 / 1024.0
-            );
-            let rust = &results[0].1;
-            println!(
-                "| Rust `create_document_processing_task` | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} |",
-                rust.tasks_per_s(),
-                rust_cpu_per_task,
-                rust.p50_us,
-                rust.p99_us,
-                rust.peak_rss_kb as f64 / 1024.0
-            );
-            println!(
-                "\nPython/Rust client CPU per task: {:.1}x [target >= 10x]",
-                python_cpu_per_task / rust_cpu_per_task
-            );
-        }
-        Err(reason) => println!("skipped: {reason}"),
-    }
-    server.stop();
+    rounds.into_iter().map(Measured::median).collect()
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -249,6 +313,30 @@ struct Measured {
 }
 
 impl Measured {
+    /// Each metric's median over the rounds (peak RSS: the largest).
+    fn median(mut rounds: Vec<Self>) -> Self {
+        fn median_by<T: Copy + PartialOrd>(
+            rounds: &[Measured],
+            metric: impl Fn(&Measured) -> T,
+        ) -> T {
+            let mut values: Vec<T> = rounds.iter().map(metric).collect();
+            values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            values[values.len() / 2]
+        }
+        let wall = median_by(&rounds, |m| m.wall);
+        let cpu = median_by(&rounds, |m| m.cpu);
+        let p50_us = median_by(&rounds, |m| m.p50_us);
+        let p99_us = median_by(&rounds, |m| m.p99_us);
+        let peak_rss_kb = rounds.iter().map(|m| m.peak_rss_kb).max().unwrap_or(0);
+        let mut median = rounds.swap_remove(0);
+        median.wall = wall;
+        median.cpu = cpu;
+        median.p50_us = p50_us;
+        median.p99_us = p99_us;
+        median.peak_rss_kb = peak_rss_kb;
+        median
+    }
+
     fn tasks_per_s(&self) -> f64 {
         self.tasks as f64 / self.wall.as_secs_f64()
     }
