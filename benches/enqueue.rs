@@ -527,6 +527,10 @@ fn enqueue_batch_cli(host: &str, documents: usize) -> CliRun {
     }
     file.flush().unwrap();
     drop(file);
+    #[allow(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 below, which also reports its peak RSS"
+    )]
     let child = Command::new(env!("CARGO_BIN_EXE_cloud-tasks"))
         .env_clear()
         .current_dir(target_dir())

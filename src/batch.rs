@@ -154,8 +154,8 @@ impl BatchOptions {
 /// What happened to one task of a bulk enqueue.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    /// Cloud Tasks created the task.
-    Created(Task),
+    /// Cloud Tasks created the task (boxed: a task is large next to the other variants).
+    Created(Box<Task>),
     /// A task with the same name exists or existed within about the last hour: with
     /// de-duplication, the document was already enqueued.
     AlreadyExists,
@@ -570,7 +570,7 @@ impl CloudTasksClient {
                              or failed; the task may or may not exist",
                         ))))
                     },
-                    Outcome::Created,
+                    |task| Outcome::Created(Box::new(task)),
                 )
             })
             .collect()
@@ -590,7 +590,7 @@ impl CloudTasksClient {
             Err(error) => Err(error),
         };
         match result {
-            Ok(task) => Outcome::Created(task),
+            Ok(task) => Outcome::Created(Box::new(task)),
             Err(error) if error.is_already_exists() => Outcome::AlreadyExists,
             Err(error) => Outcome::Failed(Arc::new(error)),
         }
