@@ -20,6 +20,10 @@
 //! # }
 //! ```
 //!
+//! To enqueue many documents at once, [`CloudTasksClient::create_document_processing_tasks`] (or
+//! a streaming [`BatchEnqueuer`]) sends `BatchCreateTasks` calls of up to 100 tasks, several in
+//! flight, and reports each document's [`Outcome`]; `PERFORMANCE.md` has the measurements.
+//!
 //! # Features
 //! - `testing`: [`testing::MockCloudTasks`], an in-process Cloud Tasks server for tests.
 //! - `cli`: the `cloud-tasks` command-line tool.
