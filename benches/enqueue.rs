@@ -9,7 +9,7 @@
 //! the client's, and its peak RSS (VmHWM, reset through /proc/self/clear_refs before each
 //! scenario) is the client's. Environment: BENCH_TASKS (per-task calls per scenario, default
 //! 10000), BENCH_BATCH_TASKS (tasks per batch scenario, default 40000), BENCH_CLI_DOCS (default
-//! 100000), BENCH_ROUNDS (default 3), BENCH_CONCURRENCY (e.g. `1,16`), BENCH_PYTHON (an
+//! 100000), BENCH_ROUNDS (default 5), BENCH_CONCURRENCY (e.g. `1,16`), BENCH_PYTHON (an
 //! interpreter with google-cloud-tasks 2.26; by default target/pyenv, created with pip on the
 //! first run).
 
@@ -39,7 +39,7 @@ fn main() {
     let sizes = Sizes {
         per_task: env_usize("BENCH_TASKS", 10_000),
         batch: env_usize("BENCH_BATCH_TASKS", 40_000),
-        rounds: env_usize("BENCH_ROUNDS", 3).max(1),
+        rounds: env_usize("BENCH_ROUNDS", 5).max(1),
     };
     let cli_docs = env_usize("BENCH_CLI_DOCS", 100_000);
     let concurrencies: Vec<usize> = std::env::var("BENCH_CONCURRENCY").map_or_else(
@@ -73,14 +73,14 @@ fn main() {
     print_header();
     let mut results = Vec::new();
     for &concurrency in &concurrencies {
-        let rows = run_paths(&multi_thread, &server.host, concurrency, &sizes, true);
-        for row in &rows {
-            row.print_row();
+        let rounds = run_paths(&multi_thread, &server.host, concurrency, &sizes, true);
+        for path in &rounds {
+            Measured::median(path).print_row();
         }
-        results.push(rows);
+        results.push(rounds);
     }
     println!("\nLatency is per call: one task, or one batch of 100 tasks.\n");
-    println!("### Ratios (targets in brackets)\n");
+    println!("### Ratios (median of the per-round ratios; targets in brackets)\n");
     println!(
         "| concurrency | client/raw CPU per task [<= 1.3] | client/raw p99 [<= 1.2] | batch/per-task tasks/s [>= 5] |"
     );
@@ -89,23 +89,23 @@ fn main() {
         let (raw, client, batch) = (&rows[0], &rows[1], &rows[2]);
         println!(
             "| {} | {:.2} | {:.2} | {:.1} |",
-            raw.concurrency,
-            client.cpu_per_task_us() / raw.cpu_per_task_us(),
-            client.p99_us / raw.p99_us,
-            batch.tasks_per_s() / client.tasks_per_s(),
+            raw[0].concurrency,
+            median_ratio(client, raw, Measured::cpu_per_task_us),
+            median_ratio(client, raw, |m| m.p99_us),
+            median_ratio(batch, client, Measured::tasks_per_s),
         );
     }
 
     println!("\n## Client on a Tokio current-thread runtime, concurrency 1\n");
     print_header();
     let single = run_paths(&current_thread, &server.host, 1, &sizes, false);
-    for row in &single {
-        row.print_row();
+    for path in &single {
+        Measured::median(path).print_row();
     }
     println!(
         "\nclient/raw CPU per task {:.2}, p99 {:.2}",
-        single[1].cpu_per_task_us() / single[0].cpu_per_task_us(),
-        single[1].p99_us / single[0].p99_us
+        median_ratio(&single[1], &single[0], Measured::cpu_per_task_us),
+        median_ratio(&single[1], &single[0], |m| m.p99_us),
     );
 
     let cli = enqueue_batch_cli(&server.host, cli_docs);
@@ -133,8 +133,8 @@ fn main() {
                 python.max_rss_kb as f64 / 1024.0
             );
             let rust_rows = [
-                ("multi-thread runtime", &results[0][1]),
-                ("current-thread runtime", &single[1]),
+                ("multi-thread runtime", Measured::median(&results[0][1])),
+                ("current-thread runtime", Measured::median(&single[1])),
             ];
             for (runtime, rust) in rust_rows {
                 println!(
@@ -166,8 +166,8 @@ fn print_header() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
 }
 
-/// Raw stub, client per task and (if `batch`) the batch path at one concurrency, each the
-/// median of `sizes.rounds` interleaved rounds. Clients are built on `runtime`, which then
+/// Raw stub, client per task and (if `batch`) the batch path at one concurrency: each path's
+/// measurements in `sizes.rounds` interleaved rounds. Clients are built on `runtime`, which then
 /// drives their connections.
 fn run_paths(
     runtime: &tokio::runtime::Runtime,
@@ -175,7 +175,7 @@ fn run_paths(
     concurrency: usize,
     sizes: &Sizes,
     batch: bool,
-) -> Vec<Measured> {
+) -> Vec<Vec<Measured>> {
     let (client, raw) = runtime.block_on(async {
         let client = CloudTasksClient::builder()
             .with_project_id(PROJECT)
@@ -258,7 +258,19 @@ fn run_paths(
             )));
         }
     }
-    rounds.into_iter().map(Measured::median).collect()
+    rounds
+}
+
+/// The median over rounds of `metric(a) / metric(b)`, each ratio from one round, where the two
+/// paths ran back to back: steadier than a ratio of medians when other load comes and goes.
+fn median_ratio(a: &[Measured], b: &[Measured], metric: impl Fn(&Measured) -> f64) -> f64 {
+    let mut ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| metric(a) / metric(b))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -316,7 +328,7 @@ struct Measured {
 
 impl Measured {
     /// Each metric's median over the rounds (peak RSS: the largest).
-    fn median(mut rounds: Vec<Self>) -> Self {
+    fn median(rounds: &[Self]) -> Self {
         fn median_by<T: Copy + PartialOrd>(
             rounds: &[Measured],
             metric: impl Fn(&Measured) -> T,
@@ -330,13 +342,14 @@ impl Measured {
         let p50_us = median_by(&rounds, |m| m.p50_us);
         let p99_us = median_by(&rounds, |m| m.p99_us);
         let peak_rss_kb = rounds.iter().map(|m| m.peak_rss_kb).max().unwrap_or(0);
-        let mut median = rounds.swap_remove(0);
-        median.wall = wall;
-        median.cpu = cpu;
-        median.p50_us = p50_us;
-        median.p99_us = p99_us;
-        median.peak_rss_kb = peak_rss_kb;
-        median
+        Self {
+            wall,
+            cpu,
+            p50_us,
+            p99_us,
+            peak_rss_kb,
+            ..rounds[0]
+        }
     }
 
     fn tasks_per_s(&self) -> f64 {
