@@ -337,10 +337,10 @@ impl Measured {
             values.sort_by(|a, b| a.partial_cmp(b).unwrap());
             values[values.len() / 2]
         }
-        let wall = median_by(&rounds, |m| m.wall);
-        let cpu = median_by(&rounds, |m| m.cpu);
-        let p50_us = median_by(&rounds, |m| m.p50_us);
-        let p99_us = median_by(&rounds, |m| m.p99_us);
+        let wall = median_by(rounds, |m| m.wall);
+        let cpu = median_by(rounds, |m| m.cpu);
+        let p50_us = median_by(rounds, |m| m.p50_us);
+        let p99_us = median_by(rounds, |m| m.p99_us);
         let peak_rss_kb = rounds.iter().map(|m| m.peak_rss_kb).max().unwrap_or(0);
         Self {
             wall,
