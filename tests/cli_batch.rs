@@ -225,3 +225,70 @@ async fn usage_and_configuration_problems_exit_with_2() {
     assert!(server.batch_create_tasks_calls().is_empty());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_reading_finishes_what_was_read_and_a_dedupe_rerun_completes() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(400)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"));
+    command
+        .env_clear()
+        .current_dir(&dir)
+        .env("GCP_PROJECT_ID", PROJECT)
+        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
+        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
+        .env("CLOUD_TASKS_EMULATOR_HOST", server.host())
+        .args(["enqueue-batch", "-", "--dedupe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The first 250 lines arrive, then the input stalls (stdin stays open).
+    stdin
+        .write_all((lines[..250].join("\n") + "\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.tasks().len() < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two full batches were not sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let interrupted = child.wait_with_output().await.unwrap();
+    drop(stdin);
+
+    let err = stderr(&interrupted);
+    assert_eq!(interrupted.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("250 created, 0 already enqueued, 0 failed"),
+        "{err}"
+    );
+    assert!(err.contains("run the same command again"), "{err}");
+    assert_eq!(
+        server.tasks().len(),
+        250,
+        "the 50 read but unsent are sent before exiting"
+    );
+
+    let full = write_input(&dir, "all.jsonl", &lines);
+    let rerun = run(&server, &dir, &[full.to_str().unwrap(), "--dedupe"], None).await;
+    assert_eq!(rerun.status.code(), Some(0), "{}", stderr(&rerun));
+    assert!(
+        stderr(&rerun).contains("150 created, 250 already enqueued, 0 failed"),
+        "{}",
+        stderr(&rerun)
+    );
+    assert_eq!(server.tasks().len(), 400);
+    std::fs::remove_dir_all(dir).unwrap();
+}
