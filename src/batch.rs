@@ -5,6 +5,22 @@
 //! batch) is a result, not an `Err`. Each batch carries a fresh UUIDv4 `request_id`, created
 //! before the first attempt, so a retry of one batch attempt (`send_batch_once`) with the same
 //! request is not applied twice by Cloud Tasks.
+//!
+//! Design choices:
+//! - Bounded concurrency is a `tokio::task::JoinSet` the enqueuer never lets grow past
+//!   `concurrency`: no extra dependency, and the calls run on the runtime's workers while the
+//!   caller keeps reading its input.
+//! - Push-based ([`BatchEnqueuer::push`] returns what finished meanwhile) rather than a stream
+//!   adapter, so a caller reading a file line by line holds at most `concurrency` batches, and
+//!   needs neither `futures` nor a callback.
+//! - Each task is validated locally first (`HttpTask::into_proto`), so one bad task fails alone
+//!   instead of making Cloud Tasks reject its whole batch.
+//! - Tasks of a batch that failed as a whole share one `Arc<Error>`: `Error` is not `Clone` (it
+//!   holds transport and credential errors), and copying the message would lose `source()`.
+//! - No retry loop here: the crate has one retry policy, and `send_batch_once` /
+//!   `get_operation_once` are single attempts it can wrap. Until then a failed batch's tasks are
+//!   reported failed, with [`Error::task_may_exist`] telling whether they may exist anyway; with
+//!   de-duplicated (named) tasks, enqueuing them again is safe.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -576,6 +592,7 @@ impl CloudTasksClient {
             .collect()
     }
 
+    /// The call `create_http_task` makes, with the result classified instead of returned.
     async fn create_one(&self, task: Task) -> Outcome {
         let request = CreateTaskRequest {
             parent: self.queue_path().to_owned(),
