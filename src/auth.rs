@@ -100,6 +100,13 @@ pub(crate) fn queue_call_headers(queue_path: &str) -> HeaderMap {
     headers
 }
 
+/// An `x-goog-request-params` value routing a call by `key` (e.g. `name=` for an operation).
+pub(crate) fn routing_value(key: &str, value: &str) -> tonic::metadata::AsciiMetadataValue {
+    format!("{key}={}", utf8_percent_encode(value, ROUTING_VALUE))
+        .try_into()
+        .expect("percent-encoded text is a valid header value")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,7 +58,6 @@ struct Inner {
     target: Target,
     endpoint: String,
     stub: RawCloudTasksClient<Channel>,
-    #[allow(dead_code, reason = "for the batch API, landing next")]
     channel: Channel,
     auth: Auth,
     /// Routing and client-identity headers, computed once.
@@ -194,28 +193,44 @@ impl CloudTasksClient {
         }
     }
 
-    /// Validates `task`, then sends it under the retry policy, and logs the outcome.
-    async fn create(&self, task: HttpTask, options: &CallOptions) -> Attempted<Task> {
+    /// Checks `task` against Cloud Tasks' rules and builds the proto `Task` for this client's
+    /// queue and backend.
+    pub(crate) fn task_proto(&self, task: HttpTask) -> Result<Task, Error> {
         let target = &self.inner.target;
-        let started = Instant::now();
-        let idempotency = if task.task_id().is_some() {
-            Idempotency::Idempotent
-        } else {
-            Idempotency::NotIdempotent
-        };
-        let task = match task.into_proto(
+        task.into_proto(
             target.queue_path(),
             target.service_url(),
             target.service_account_email(),
             SystemTime::now(),
-        ) {
-            Ok(task) => task,
-            Err(error) => {
-                return Attempted {
-                    result: Err(error),
-                    attempts: 0,
-                };
-            }
+        )
+    }
+
+    /// Validates `task`, then sends it under the retry policy, and logs the outcome.
+    async fn create(&self, task: HttpTask, options: &CallOptions) -> Attempted<Task> {
+        match self.task_proto(task) {
+            Ok(task) => self.create_validated(task, options).await,
+            Err(error) => Attempted {
+                result: Err(error),
+                attempts: 0,
+            },
+        }
+    }
+
+    /// Sends a validated task with `CreateTask` under the retry policy, and logs the outcome.
+    ///
+    /// A named task is idempotent (Cloud Tasks refuses a second task with its name), so it may
+    /// be retried wherever an unnamed one may not.
+    pub(crate) async fn create_validated(
+        &self,
+        task: Task,
+        options: &CallOptions,
+    ) -> Attempted<Task> {
+        let target = &self.inner.target;
+        let started = Instant::now();
+        let idempotency = if task.name.is_empty() {
+            Idempotency::NotIdempotent
+        } else {
+            Idempotency::Idempotent
         };
         let request = CreateTaskRequest {
             parent: target.queue_path().to_owned(),
@@ -269,15 +284,32 @@ impl CloudTasksClient {
         self.map_response(stub.create_task(request).await, timeout)
     }
 
-    /// Wraps `message` with the routing, client-identity and credential metadata every call to
-    /// this client's queue carries, and the client's attempt deadline.
-    #[allow(dead_code, reason = "for the batch API, landing next")]
-    pub(crate) async fn prepare<T>(&self, message: T) -> Result<tonic::Request<T>, Error> {
-        self.prepare_with_timeout(message, self.inner.attempt_timeout)
-            .await
+    /// Runs `attempt` under the retry policy and deadlines of `options`, falling back to the
+    /// client's.
+    pub(crate) async fn with_retries<T, F, Fut>(
+        &self,
+        options: &CallOptions,
+        idempotency: Idempotency,
+        attempt: F,
+    ) -> Attempted<T>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let inner = &*self.inner;
+        retry::run(
+            options.retry_policy.as_ref().unwrap_or(&inner.retry_policy),
+            idempotency,
+            options.attempt_timeout.unwrap_or(inner.attempt_timeout),
+            options.total_timeout.unwrap_or(inner.total_timeout),
+            attempt,
+        )
+        .await
     }
 
-    async fn prepare_with_timeout<T>(
+    /// Wraps `message` with the routing, client-identity and credential metadata every call to
+    /// this client's queue carries, and the attempt's deadline.
+    pub(crate) async fn prepare_with_timeout<T>(
         &self,
         message: T,
         timeout: Duration,
@@ -295,20 +327,8 @@ impl CloudTasksClient {
         Ok(request)
     }
 
-    /// Awaits one RPC attempt within the client's attempt deadline and maps its failure.
-    #[allow(dead_code, reason = "for the batch API, landing next")]
-    pub(crate) async fn bounded<T>(
-        &self,
-        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T, Error> {
-        let timeout = self.inner.attempt_timeout;
-        match tokio::time::timeout(timeout, call).await {
-            Ok(result) => self.map_response(result, timeout),
-            Err(_elapsed) => Err(Error::Timeout { after: timeout }),
-        }
-    }
-
-    fn map_response<T>(
+    /// The result of one RPC attempt, its failure mapped.
+    pub(crate) fn map_response<T>(
         &self,
         result: Result<tonic::Response<T>, tonic::Status>,
         timeout: Duration,
@@ -325,9 +345,13 @@ impl CloudTasksClient {
 
     /// The shared HTTP/2 channel, for other services on the same endpoint (long-running
     /// operations).
-    #[allow(dead_code, reason = "for the batch API, landing next")]
     pub(crate) fn channel(&self) -> Channel {
         self.inner.channel.clone()
+    }
+
+    /// Maps a status received for this client's queue: a whole call's, or one task's of a batch.
+    pub(crate) fn status_error(&self, status: tonic::Status) -> Error {
+        error::from_status(status, self.call_context(self.inner.attempt_timeout))
     }
 
     fn call_context(&self, attempt_timeout: Duration) -> CallContext<'_> {

@@ -20,6 +20,10 @@
 //! # }
 //! ```
 //!
+//! To enqueue many documents at once, [`CloudTasksClient::create_document_processing_tasks`] (or
+//! a streaming [`BatchEnqueuer`]) sends `BatchCreateTasks` calls of up to 100 tasks, several in
+//! flight, and reports each document's [`Outcome`]; `PERFORMANCE.md` has the measurements.
+//!
 //! # Features
 //! - `testing`: [`testing::MockCloudTasks`], an in-process Cloud Tasks server for tests.
 //! - `cli`: the `cloud-tasks` command-line tool.
@@ -33,20 +37,25 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod auth;
+mod batch;
 mod client;
 mod config;
 mod dedupe;
 mod error;
 mod payload;
 pub mod proto;
-mod retry;
 #[cfg(feature = "receiver")]
 pub mod receiver;
+mod retry;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod validate;
 
+pub use batch::{
+    BatchEnqueuer, BatchOptions, DEFAULT_OPERATION_TIMEOUT, EnqueueMode, KeyedOutcome,
+    MAX_BATCH_SIZE, Outcome,
+};
 pub use client::{
     CallOptions, ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_ENDPOINT, DEFAULT_TOTAL_TIMEOUT, Enqueued,

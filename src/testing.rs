@@ -25,11 +25,12 @@
 //! # }
 //! ```
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -40,7 +41,12 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
 use crate::proto::google::cloud::tasks::v2 as pb;
-use crate::proto::{CloudTasks, CloudTasksServer, CreateTaskRequest, Task};
+use crate::proto::google::longrunning::operations_server::{Operations, OperationsServer};
+use crate::proto::google::longrunning::{GetOperationRequest, operation};
+use crate::proto::{
+    BatchCreateTasksMetadata, BatchCreateTasksRequest, BatchCreateTasksResponse, CloudTasks,
+    CloudTasksServer, CreateTaskRequest, Operation, Task,
+};
 
 /// One request as the server received it.
 #[derive(Debug, Clone)]
@@ -74,6 +80,26 @@ struct State {
     /// Queues that exist; `None` means every queue does.
     queues: Option<HashSet<String>>,
     next_task_id: u64,
+    batch_create_tasks_calls: Vec<Recorded<BatchCreateTasksRequest>>,
+    get_operation_calls: Vec<Recorded<GetOperationRequest>>,
+    /// Batch operations by name.
+    operations: HashMap<String, BatchOperation>,
+    /// Operation name of each `request_id` seen.
+    request_ids: HashMap<String, String>,
+    /// `GetOperation` calls a new batch operation needs before it is done.
+    operation_polls: u32,
+    /// Tasks whose HTTP body contains the text fail with the status.
+    failing_bodies: Vec<(Vec<u8>, Code, String)>,
+    /// Forget calls and tasks once answered (benchmarks); names are still de-duplicated.
+    forget_history: bool,
+    next_operation_id: u64,
+}
+
+#[derive(Debug)]
+struct BatchOperation {
+    polls_left: u32,
+    /// The operation as it is once done.
+    done: Operation,
 }
 
 /// Handle to a running mock server; dropping it stops the server.
@@ -125,7 +151,10 @@ impl MockCloudTasks {
                 .tls_config(ServerTlsConfig::new().identity(identity.clone()))
                 .expect("a PEM identity makes a valid TLS config");
         }
-        let router = builder.add_service(service);
+        let operations = OperationsServer::new(OperationsService {
+            state: self.state.clone(),
+        });
+        let router = builder.add_service(service).add_service(operations);
         let state = self.state.clone();
         let handle = tokio::spawn(async move {
             let incoming =
@@ -184,6 +213,38 @@ impl MockCloudTasks {
     /// How many TCP connections the server has accepted.
     pub fn connections(&self) -> usize {
         self.lock().connections
+    }
+
+    /// Every `BatchCreateTasks` request received, in order, including rejected ones.
+    pub fn batch_create_tasks_calls(&self) -> Vec<Recorded<BatchCreateTasksRequest>> {
+        self.lock().batch_create_tasks_calls.clone()
+    }
+
+    /// Every `google.longrunning.Operations/GetOperation` request received, in order.
+    pub fn get_operation_calls(&self) -> Vec<Recorded<GetOperationRequest>> {
+        self.lock().get_operation_calls.clone()
+    }
+
+    /// Batches received from now on answer with an operation that is not done; it is done (and
+    /// says so) on its `polls`-th `GetOperation`. The tasks are stored when the batch arrives.
+    /// 0 (the default) answers every batch with a done operation.
+    pub fn set_operation_polls(&self, polls: u32) {
+        self.lock().operation_polls = polls;
+    }
+
+    /// Tasks whose HTTP body contains `text` (e.g. a document ID) are refused with `code`, in
+    /// `CreateTask` and as a per-task failure of `BatchCreateTasks`.
+    pub fn fail_tasks_containing(&self, text: &str, code: Code, message: &str) {
+        self.lock()
+            .failing_bodies
+            .push((text.as_bytes().to_vec(), code, message.to_owned()));
+    }
+
+    /// Stops recording calls and keeping created tasks (names are still de-duplicated), so a
+    /// long benchmark's memory stays flat. [`Self::tasks`] and the `*_calls` methods then
+    /// return only what came before.
+    pub fn forget_history(&self) {
+        self.lock().forget_history = true;
     }
 
     /// Every task stored, in creation order.
@@ -262,6 +323,14 @@ impl Service {
             .task
             .clone()
             .ok_or_else(|| Status::invalid_argument("Task is required"))?;
+        if let Some(pb::task::MessageType::HttpRequest(http)) = &task.message_type
+            && let Some((_, code, message)) = state
+                .failing_bodies
+                .iter()
+                .find(|(text, _, _)| contains(&http.body, text))
+        {
+            return Err(Status::new(*code, message.clone()));
+        }
         if task.name.is_empty() {
             state.next_task_id += 1;
             task.name = format!("{}/tasks/{:020}", request.parent, state.next_task_id);
@@ -281,9 +350,148 @@ impl Service {
         task.create_time = Some(now);
         task.schedule_time.get_or_insert(now);
         task.view = pb::task::View::Basic.into();
-        state.tasks.push(task.clone());
+        if !state.forget_history {
+            state.tasks.push(task.clone());
+        }
         Ok(task)
     }
+
+    /// Applies a batch as Cloud Tasks does: each request on its own, failures by index.
+    fn apply_batch(&self, batch: &BatchCreateTasksRequest) -> Result<Operation, Status> {
+        if batch.requests.is_empty() || batch.requests.len() > 100 {
+            return Err(Status::invalid_argument(format!(
+                "A batch must have 1 to 100 requests; got {}",
+                batch.requests.len()
+            )));
+        }
+        {
+            let state = lock(&self.state);
+            if let Some(queues) = &state.queues
+                && !queues.contains(&batch.parent)
+            {
+                return Err(Status::not_found(format!(
+                    "Queue does not exist. ({})",
+                    batch.parent
+                )));
+            }
+            // A retried batch is not applied again: the same operation answers.
+            if let Some(name) = state.request_ids.get(&batch.request_id) {
+                let name = name.clone();
+                return Ok(state.operations[&name].current());
+            }
+        }
+        let mut created = Vec::new();
+        let mut failed = HashMap::new();
+        for (index, request) in batch.requests.iter().enumerate() {
+            let result = if request.parent == batch.parent {
+                self.store(request)
+            } else {
+                Err(Status::invalid_argument(format!(
+                    "Request parent {} differs from the batch's {}",
+                    request.parent, batch.parent
+                )))
+            };
+            match result {
+                Ok(task) => created.push(as_viewed(task, request.response_view)),
+                Err(status) => {
+                    let index = i32::try_from(index).expect("at most 100 requests");
+                    failed.insert(
+                        index,
+                        crate::proto::google::rpc::Status {
+                            code: status.code().into(),
+                            message: status.message().to_owned(),
+                            details: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        let now = prost_types::Timestamp::from(SystemTime::now());
+        let state_after = if failed.is_empty() {
+            pb::batch_create_tasks_metadata::State::Succeeded
+        } else {
+            pb::batch_create_tasks_metadata::State::PartiallySucceeded
+        };
+        let metadata = BatchCreateTasksMetadata {
+            start_time: Some(now),
+            end_time: Some(now),
+            state: state_after.into(),
+            failed_requests: failed,
+        };
+        let mut state = lock(&self.state);
+        state.next_operation_id += 1;
+        let location = batch
+            .parent
+            .split_once("/queues/")
+            .map_or(batch.parent.as_str(), |(location, _)| location);
+        let name = format!("{location}/operations/{:020}", state.next_operation_id);
+        let done = Operation {
+            name: name.clone(),
+            metadata: Some(any(
+                "google.cloud.tasks.v2.BatchCreateTasksMetadata",
+                &metadata,
+            )),
+            done: true,
+            result: Some(operation::Result::Response(any(
+                "google.cloud.tasks.v2.BatchCreateTasksResponse",
+                &BatchCreateTasksResponse { tasks: created },
+            ))),
+        };
+        let entry = BatchOperation {
+            polls_left: state.operation_polls,
+            done,
+        };
+        let current = entry.current();
+        if !batch.request_id.is_empty() {
+            state
+                .request_ids
+                .insert(batch.request_id.clone(), name.clone());
+        }
+        state.operations.insert(name, entry);
+        Ok(current)
+    }
+}
+
+impl BatchOperation {
+    /// The operation as a `GetOperation` now would see it, without counting as a poll.
+    fn current(&self) -> Operation {
+        if self.polls_left == 0 {
+            return self.done.clone();
+        }
+        let running = BatchCreateTasksMetadata {
+            start_time: self
+                .done
+                .metadata
+                .as_ref()
+                .and_then(|any| BatchCreateTasksMetadata::decode(any.value.as_slice()).ok())
+                .and_then(|metadata| metadata.start_time),
+            state: pb::batch_create_tasks_metadata::State::Running.into(),
+            ..BatchCreateTasksMetadata::default()
+        };
+        Operation {
+            name: self.done.name.clone(),
+            metadata: Some(any(
+                "google.cloud.tasks.v2.BatchCreateTasksMetadata",
+                &running,
+            )),
+            done: false,
+            result: None,
+        }
+    }
+}
+
+fn any(type_name: &str, message: &impl prost::Message) -> prost_types::Any {
+    prost_types::Any {
+        type_url: format!("type.googleapis.com/{type_name}"),
+        value: message.encode_to_vec(),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty()
+        || haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
 }
 
 /// Cloud Tasks leaves the body out of the returned task unless the FULL view is asked for.
@@ -303,10 +511,15 @@ impl CloudTasks for Service {
         request: Request<CreateTaskRequest>,
     ) -> Result<Response<Task>, Status> {
         let (metadata, _, message) = request.into_parts();
-        lock(&self.state).create_task_calls.push(Recorded {
-            metadata,
-            message: message.clone(),
-        });
+        {
+            let mut state = lock(&self.state);
+            if !state.forget_history {
+                state.create_task_calls.push(Recorded {
+                    metadata,
+                    message: message.clone(),
+                });
+            }
+        }
         match self.next_fault().await {
             Some(Fault::Reject(code, text)) => Err(Status::new(code, text)),
             Some(Fault::FailAfterStore(code, text)) => {
@@ -318,5 +531,56 @@ impl CloudTasks for Service {
                 Ok(Response::new(as_viewed(task, message.response_view)))
             }
         }
+    }
+
+    async fn batch_create_tasks(
+        &self,
+        request: Request<BatchCreateTasksRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        {
+            let mut state = lock(&self.state);
+            if !state.forget_history {
+                state.batch_create_tasks_calls.push(Recorded {
+                    metadata,
+                    message: message.clone(),
+                });
+            }
+        }
+        match self.next_fault().await {
+            Some(Fault::Reject(code, text)) => Err(Status::new(code, text)),
+            Some(Fault::FailAfterStore(code, text)) => {
+                self.apply_batch(&message)?;
+                Err(Status::new(code, text))
+            }
+            Some(Fault::Delay(_)) | None => Ok(Response::new(self.apply_batch(&message)?)),
+        }
+    }
+}
+
+struct OperationsService {
+    state: Arc<Mutex<State>>,
+}
+
+#[tonic::async_trait]
+impl Operations for OperationsService {
+    async fn get_operation(
+        &self,
+        request: Request<GetOperationRequest>,
+    ) -> Result<Response<Operation>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let mut state = lock(&self.state);
+        if !state.forget_history {
+            state.get_operation_calls.push(Recorded {
+                metadata,
+                message: message.clone(),
+            });
+        }
+        let operation = state
+            .operations
+            .get_mut(&message.name)
+            .ok_or_else(|| Status::not_found(format!("Operation {} not found", message.name)))?;
+        operation.polls_left = operation.polls_left.saturating_sub(1);
+        Ok(Response::new(operation.current()))
     }
 }

@@ -4,6 +4,7 @@
 mod demo;
 #[cfg(feature = "demo")]
 mod emulator;
+mod enqueue_batch;
 mod output;
 
 use std::process::ExitCode;
@@ -34,6 +35,9 @@ enum Command {
     /// Run the Cloud Tasks emulator for local development and print the environment to export.
     #[cfg(feature = "demo")]
     Emulator(emulator::EmulatorArgs),
+    /// Enqueue every document of a JSON-lines file (or stdin) with BatchCreateTasks; print
+    /// the failed ones as JSON lines on stdout and a summary on stderr.
+    EnqueueBatch(enqueue_batch::EnqueueBatchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -107,6 +111,7 @@ fn init_tracing() {
 async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Enqueue(args) => enqueue(args).await,
+        Command::EnqueueBatch(args) => enqueue_batch::run(args).await,
         #[cfg(feature = "demo")]
         Command::Demo(_) | Command::Emulator(_) => unreachable!("dispatched in main"),
     }

@@ -1,0 +1,682 @@
+//! Enqueue benchmark: raw tonic stub vs `CloudTasksClient` per task vs the batch path, at
+//! concurrency 1, 16 and 64, against the mock server on loopback; then `enqueue-batch` of 100,000
+//! documents (peak RSS) and the official Python client (CPU per task).
+//!
+//! Run: `cargo bench --bench enqueue --features testing,cli` (see PERFORMANCE.md).
+//!
+//! The server runs in a child process (this executable with `__serve`), so the bench process
+//! holds only client code: its CPU time (getrusage RUSAGE_SELF, user + system, all threads) is
+//! the client's, and its peak RSS (VmHWM, reset through /proc/self/clear_refs before each
+//! scenario) is the client's. Environment: BENCH_TASKS (per-task calls per scenario, default
+//! 10000), BENCH_BATCH_TASKS (tasks per batch scenario, default 40000), BENCH_CLI_DOCS (default
+//! 100000), BENCH_ROUNDS (default 5), BENCH_CONCURRENCY (e.g. `1,16`), BENCH_PYTHON (an
+//! interpreter with google-cloud-tasks 2.26; by default target/pyenv, created with pip on the
+//! first run).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use cloud_tasks::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
+use cloud_tasks::testing::MockCloudTasks;
+use cloud_tasks::{BatchOptions, CloudTasksClient, ProcessDocumentPayload, Uuid};
+use tonic::transport::{Channel, Endpoint};
+
+const PROJECT: &str = "bench-project";
+const QUEUE_PATH: &str = "projects/bench-project/locations/us-central1/queues/document-processing";
+const SERVICE_URL: &str = "https://backend-abc123-uc.a.run.app";
+const SERVICE_ACCOUNT: &str = "tasks-invoker@bench-project.iam.gserviceaccount.com";
+const CONCURRENCIES: [usize; 3] = [1, 16, 64];
+
+fn main() {
+    if std::env::args().any(|arg| arg == "__serve") {
+        serve();
+        return;
+    }
+    let sizes = Sizes {
+        per_task: env_usize("BENCH_TASKS", 10_000),
+        batch: env_usize("BENCH_BATCH_TASKS", 40_000),
+        rounds: env_usize("BENCH_ROUNDS", 5).max(1),
+    };
+    let cli_docs = env_usize("BENCH_CLI_DOCS", 100_000);
+    let concurrencies: Vec<usize> = std::env::var("BENCH_CONCURRENCY").map_or_else(
+        |_| CONCURRENCIES.to_vec(),
+        |list| {
+            list.split(',')
+                .filter_map(|c| c.trim().parse().ok())
+                .collect()
+        },
+    );
+
+    let mut server = Server::start();
+    let multi_thread = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let current_thread = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    println!("# Enqueue benchmark\n");
+    println!("{}\n", machine());
+    println!(
+        "Each row is the median of {} rounds (paths interleaved); per-task rows {} tasks, \
+         batch rows {} tasks per round.\n",
+        sizes.rounds, sizes.per_task, sizes.batch
+    );
+    println!("## Client on a Tokio multi-thread runtime (2 workers), as the CLI runs\n");
+    print_header();
+    let mut results = Vec::new();
+    for &concurrency in &concurrencies {
+        let rounds = run_paths(&multi_thread, &server.host, concurrency, &sizes, true);
+        for path in &rounds {
+            Measured::median(path).print_row();
+        }
+        results.push(rounds);
+    }
+    println!("\nLatency is per call: one task, or one batch of 100 tasks.\n");
+    println!("### Ratios (median of the per-round ratios; targets in brackets)\n");
+    println!(
+        "| concurrency | client/raw CPU per task [<= 1.3] | client/raw p99 [<= 1.2] | batch/per-task tasks/s [>= 5] |"
+    );
+    println!("|---:|---:|---:|---:|");
+    for rows in &results {
+        let (raw, client, batch) = (&rows[0], &rows[1], &rows[2]);
+        println!(
+            "| {} | {:.2} | {:.2} | {:.1} |",
+            raw[0].concurrency,
+            median_ratio(client, raw, Measured::cpu_per_task_us),
+            median_ratio(client, raw, |m| m.p99_us),
+            median_ratio(batch, client, Measured::tasks_per_s),
+        );
+    }
+
+    println!("\n## Client on a Tokio current-thread runtime, concurrency 1\n");
+    print_header();
+    let single = run_paths(&current_thread, &server.host, 1, &sizes, false);
+    for path in &single {
+        Measured::median(path).print_row();
+    }
+    println!(
+        "\nclient/raw CPU per task {:.2}, p99 {:.2}",
+        median_ratio(&single[1], &single[0], Measured::cpu_per_task_us),
+        median_ratio(&single[1], &single[0], |m| m.p99_us),
+    );
+
+    let cli = enqueue_batch_cli(&server.host, cli_docs);
+    println!("\n## `cloud-tasks enqueue-batch` of {cli_docs} documents (release build)\n");
+    println!(
+        "peak RSS {:.1} MB [target < 50 MB]; {}",
+        cli.max_rss_kb as f64 / 1024.0,
+        cli.summary
+    );
+
+    println!("\n## Official Python client (google-cloud-tasks 2.26 over grpcio), concurrency 1\n");
+    match python_client(&server.host, sizes.per_task) {
+        Ok(python) => {
+            let python_cpu_per_task = python.cpu_s * 1e6 / python.tasks as f64;
+            println!(
+                "| client | tasks/s | client CPU/task (µs) | of which user (µs) | p50 latency (µs) | p99 latency (µs) | peak RSS (MB) | Python/Rust CPU per task [>= 10] | Python/Rust user CPU per task |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+            let python_user_per_task = python.user_s * 1e6 / python.tasks as f64;
+            println!(
+                "| Python `CloudTasksClient.create_task` | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | | |",
+                python.tasks as f64 / python.wall_s,
+                python_cpu_per_task,
+                python_user_per_task,
+                python.p50_us,
+                python.p99_us,
+                python.max_rss_kb as f64 / 1024.0
+            );
+            let rust_rows = [
+                ("multi-thread runtime", Measured::median(&results[0][1])),
+                ("current-thread runtime", Measured::median(&single[1])),
+            ];
+            for (runtime, rust) in rust_rows {
+                println!(
+                    "| Rust `create_document_processing_task`, {runtime} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                    rust.tasks_per_s(),
+                    rust.cpu_per_task_us(),
+                    rust.user_per_task_us(),
+                    rust.p50_us,
+                    rust.p99_us,
+                    rust.peak_rss_kb as f64 / 1024.0,
+                    python_cpu_per_task / rust.cpu_per_task_us(),
+                    python_user_per_task / rust.user_per_task_us()
+                );
+            }
+        }
+        Err(reason) => println!("skipped: {reason}"),
+    }
+    server.stop();
+}
+
+struct Sizes {
+    per_task: usize,
+    batch: usize,
+    rounds: usize,
+}
+
+fn print_header() {
+    println!(
+        "| path | concurrency | tasks | tasks/s | client CPU/task (µs) | p50 latency (µs) | p99 latency (µs) | peak RSS (MB) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+}
+
+/// Raw stub, client per task and (if `batch`) the batch path at one concurrency: each path's
+/// measurements in `sizes.rounds` interleaved rounds. Clients are built on `runtime`, which then
+/// drives their connections.
+fn run_paths(
+    runtime: &tokio::runtime::Runtime,
+    host: &str,
+    concurrency: usize,
+    sizes: &Sizes,
+    batch: bool,
+) -> Vec<Vec<Measured>> {
+    let (client, raw) = runtime.block_on(async {
+        let client = CloudTasksClient::builder()
+            .with_project_id(PROJECT)
+            .with_service_url(SERVICE_URL)
+            .with_service_account_email(SERVICE_ACCOUNT)
+            .with_emulator_host(host)
+            .build()
+            .unwrap();
+        let channel: Channel = Endpoint::from_shared(format!("http://{host}"))
+            .unwrap()
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .unwrap();
+        (client, RawCloudTasksClient::new(channel))
+    });
+    let paths = if batch { 3 } else { 2 };
+    let mut rounds: Vec<Vec<Measured>> = (0..paths).map(|_| Vec::new()).collect();
+    for _ in 0..sizes.rounds {
+        let raw = raw.clone();
+        rounds[0].push(runtime.block_on(measure(
+            "raw tonic stub, CreateTask",
+            concurrency,
+            sizes.per_task,
+            1,
+            move |_| {
+                let mut stub = raw.clone();
+                async move {
+                    let request = CreateTaskRequest {
+                        parent: QUEUE_PATH.to_owned(),
+                        task: Some(raw_task()),
+                        ..CreateTaskRequest::default()
+                    };
+                    stub.create_task(request).await.unwrap();
+                }
+            },
+        )));
+        let per_task_client = client.clone();
+        rounds[1].push(runtime.block_on(measure(
+            "CloudTasksClient, CreateTask per task",
+            concurrency,
+            sizes.per_task,
+            1,
+            move |index| {
+                let client = per_task_client.clone();
+                async move {
+                    client
+                        .create_document_processing_task(
+                            Uuid::new_v4(),
+                            &format!("scan-{index}.pdf"),
+                        )
+                        .await
+                        .unwrap();
+                }
+            },
+        )));
+        if batch {
+            let batch_client = client.clone();
+            rounds[2].push(runtime.block_on(measure(
+                "CloudTasksClient, BatchCreateTasks x100",
+                concurrency,
+                sizes.batch,
+                100,
+                move |index| {
+                    let client = batch_client.clone();
+                    async move {
+                        let documents = (0..100).map(|offset| ProcessDocumentPayload {
+                            document_id: Uuid::new_v4(),
+                            filename: format!("scan-{}.pdf", index * 100 + offset),
+                        });
+                        let outcomes = client
+                            .create_document_processing_tasks(
+                                documents,
+                                BatchOptions::new().with_concurrency(1),
+                            )
+                            .await;
+                        assert!(outcomes.iter().all(|outcome| outcome.is_created()));
+                    }
+                },
+            )));
+        }
+    }
+    rounds
+}
+
+/// The median over rounds of `metric(a) / metric(b)`, each ratio from one round, where the two
+/// paths ran back to back: steadier than a ratio of medians when other load comes and goes.
+fn median_ratio(a: &[Measured], b: &[Measured], metric: impl Fn(&Measured) -> f64) -> f64 {
+    let mut ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| metric(a) / metric(b))
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The same task the client builds, prebuilt once: the raw stub's cost is the call alone.
+fn raw_task() -> Task {
+    thread_local! {
+        static TASK: Task = prebuilt_task();
+    }
+    TASK.with(Clone::clone)
+}
+
+fn prebuilt_task() -> Task {
+    use cloud_tasks::proto::{
+        AuthorizationHeader, HttpMethod, HttpRequest, MessageType, OidcToken,
+    };
+    let payload = ProcessDocumentPayload {
+        document_id: Uuid::new_v4(),
+        filename: "scan-0.pdf".to_owned(),
+    };
+    Task {
+        dispatch_deadline: Some(prost_types::Duration {
+            seconds: 600,
+            nanos: 0,
+        }),
+        message_type: Some(MessageType::HttpRequest(HttpRequest {
+            url: format!("{SERVICE_URL}/api/tasks/process-document"),
+            http_method: HttpMethod::Post.into(),
+            headers: [("Content-Type".to_owned(), "application/json".to_owned())].into(),
+            body: payload.to_json_bytes(),
+            authorization_header: Some(AuthorizationHeader::OidcToken(OidcToken {
+                service_account_email: SERVICE_ACCOUNT.to_owned(),
+                audience: SERVICE_URL.to_owned(),
+            })),
+        })),
+        ..Task::default()
+    }
+}
+
+struct Measured {
+    path: &'static str,
+    concurrency: usize,
+    tasks: usize,
+    wall: Duration,
+    cpu: Duration,
+    /// The part of `cpu` spent in user space (the rest is the kernel: syscalls and, on loopback,
+    /// the TCP processing of what this process sends).
+    user: Duration,
+    p50_us: f64,
+    p99_us: f64,
+    peak_rss_kb: u64,
+}
+
+impl Measured {
+    /// Each metric's median over the rounds (peak RSS: the largest).
+    fn median(rounds: &[Self]) -> Self {
+        fn median_by<T: Copy + PartialOrd>(
+            rounds: &[Measured],
+            metric: impl Fn(&Measured) -> T,
+        ) -> T {
+            let mut values: Vec<T> = rounds.iter().map(metric).collect();
+            values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            values[values.len() / 2]
+        }
+        let wall = median_by(rounds, |m| m.wall);
+        let cpu = median_by(rounds, |m| m.cpu);
+        let user = median_by(rounds, |m| m.user);
+        let p50_us = median_by(rounds, |m| m.p50_us);
+        let p99_us = median_by(rounds, |m| m.p99_us);
+        let peak_rss_kb = rounds.iter().map(|m| m.peak_rss_kb).max().unwrap_or(0);
+        Self {
+            wall,
+            cpu,
+            user,
+            p50_us,
+            p99_us,
+            peak_rss_kb,
+            ..rounds[0]
+        }
+    }
+
+    fn tasks_per_s(&self) -> f64 {
+        self.tasks as f64 / self.wall.as_secs_f64()
+    }
+
+    fn cpu_per_task_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.tasks as f64
+    }
+
+    fn user_per_task_us(&self) -> f64 {
+        self.user.as_secs_f64() * 1e6 / self.tasks as f64
+    }
+
+    fn print_row(&self) {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.1} |",
+            self.path,
+            self.concurrency,
+            self.tasks,
+            self.tasks_per_s(),
+            self.cpu_per_task_us(),
+            self.p50_us,
+            self.p99_us,
+            self.peak_rss_kb as f64 / 1024.0
+        );
+    }
+}
+
+/// Runs `tasks / tasks_per_call` calls of `call`, `concurrency` at a time, after a warm-up.
+async fn measure<F, Fut>(
+    path: &'static str,
+    concurrency: usize,
+    tasks: usize,
+    tasks_per_call: usize,
+    call: F,
+) -> Measured
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    for index in 0..concurrency.max(8) {
+        call(index).await;
+    }
+    let calls = tasks / tasks_per_call;
+    reset_peak_rss();
+    let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = cpu_time();
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        let next = next.clone();
+        let call = call.clone();
+        workers.spawn(async move {
+            let mut latencies = Vec::with_capacity(calls / concurrency + 1);
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= calls {
+                    return latencies;
+                }
+                let started = Instant::now();
+                call(index).await;
+                latencies.push(started.elapsed());
+            }
+        });
+    }
+    let mut latencies = Vec::with_capacity(calls);
+    while let Some(joined) = workers.join_next().await {
+        latencies.extend(joined.unwrap());
+    }
+    let wall = started.elapsed();
+    let (cpu_after, user_after) = cpu_time();
+    let (cpu, user) = (cpu_after - cpu_before.0, user_after - cpu_before.1);
+    latencies.sort_unstable();
+    let percentile = |p: usize| {
+        latencies[(latencies.len() * p / 100).min(latencies.len() - 1)].as_secs_f64() * 1e6
+    };
+    Measured {
+        path,
+        concurrency,
+        tasks: calls * tasks_per_call,
+        wall,
+        cpu,
+        user,
+        p50_us: percentile(50),
+        p99_us: percentile(99),
+        peak_rss_kb: peak_rss_kb(),
+    }
+}
+
+/// (user + system, user) CPU time of this process, all threads.
+fn cpu_time() -> (Duration, Duration) {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let timeval = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    (
+        timeval(usage.ru_utime) + timeval(usage.ru_stime),
+        timeval(usage.ru_utime),
+    )
+}
+
+/// Resets VmHWM to the current RSS (Linux >= 4.0), so each scenario reports its own peak.
+fn reset_peak_rss() {
+    if let Err(error) = std::fs::write("/proc/self/clear_refs", "5") {
+        eprintln!("cannot reset the peak RSS ({error}); peaks are since the start");
+    }
+}
+
+fn peak_rss_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|name| name.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    format!(
+        "Machine: {cores} cores ({cpu}); client: Tokio multi-thread runtime, 2 workers; server: \
+         the crate's mock server in a separate process, loopback TCP, plaintext HTTP/2."
+    )
+}
+
+/// The mock server in a child process: this executable with `__serve`.
+struct Server {
+    child: Child,
+    host: String,
+}
+
+impl Server {
+    fn start() -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg("__serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let host = line.trim().to_owned();
+        assert!(!host.is_empty(), "the server did not start");
+        Self { child, host }
+    }
+
+    fn stop(&mut self) {
+        // Closing its stdin ends the server.
+        drop(self.child.stdin.take());
+        self.child.wait().unwrap();
+    }
+}
+
+fn serve() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let server = MockCloudTasks::start().await.unwrap();
+        server.forget_history();
+        println!("{}", server.host());
+        std::io::stdout().flush().unwrap();
+        // Until the parent closes stdin (or dies).
+        tokio::task::spawn_blocking(|| std::io::stdin().lines().count())
+            .await
+            .unwrap();
+    });
+}
+
+struct CliRun {
+    max_rss_kb: i64,
+    summary: String,
+}
+
+/// Runs the release `cloud-tasks enqueue-batch` on a generated file and reads its peak RSS from
+/// wait4.
+fn enqueue_batch_cli(host: &str, documents: usize) -> CliRun {
+    let input = target_dir().join("bench-enqueue-batch.jsonl");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    for index in 0..documents {
+        writeln!(
+            file,
+            r#"{{"document_id": "{}", "filename": "scan-{index}.pdf"}}"#,
+            Uuid::new_v4()
+        )
+        .unwrap();
+    }
+    file.flush().unwrap();
+    drop(file);
+    #[allow(
+        clippy::zombie_processes,
+        reason = "reaped by wait4 below, which also reports its peak RSS"
+    )]
+    let child = Command::new(env!("CARGO_BIN_EXE_cloud-tasks"))
+        .env_clear()
+        .current_dir(target_dir())
+        .env("GCP_PROJECT_ID", PROJECT)
+        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
+        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
+        .env("CLOUD_TASKS_EMULATOR_HOST", host)
+        .arg("enqueue-batch")
+        .arg(&input)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut stderr = child.stderr.unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `pid` is our child, not yet waited for; wait4 fills `status` and `usage`.
+    let usage = unsafe {
+        assert_eq!(libc::wait4(pid, &mut status, 0, usage.as_mut_ptr()), pid);
+        usage.assume_init()
+    };
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "enqueue-batch failed"
+    );
+    let summary = reader.join().unwrap().trim().to_owned();
+    std::fs::remove_file(&input).ok();
+    CliRun {
+        max_rss_kb: usage.ru_maxrss,
+        summary,
+    }
+}
+
+fn target_dir() -> PathBuf {
+    // The bench executable lives in target/release/deps.
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .nth(3)
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+}
+
+struct PythonRun {
+    tasks: usize,
+    wall_s: f64,
+    cpu_s: f64,
+    user_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    max_rss_kb: u64,
+}
+
+/// Creates a venv with the official client at `venv` (needs PyPI), as PERFORMANCE.md describes.
+fn install_python_client(venv: &Path) -> Result<(), String> {
+    eprintln!("installing google-cloud-tasks 2.26 into {}", venv.display());
+    let run = |program: &Path, args: &[&str]| {
+        let status = Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|error| format!("cannot run {}: {error}", program.display()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} {} failed: {status}",
+                program.display(),
+                args.join(" ")
+            ))
+        }
+    };
+    let venv_arg = venv.to_str().ok_or("non-UTF-8 target directory")?;
+    run(Path::new("python3"), &["-m", "venv", venv_arg])?;
+    let pip = venv.join("bin/pip");
+    run(&pip, &["install", "--quiet", "google-cloud-tasks==2.26.*"]).inspect_err(|_| {
+        std::fs::remove_dir_all(venv).ok();
+    })
+}
+
+fn python_client(host: &str, tasks: usize) -> Result<PythonRun, String> {
+    let python = std::env::var_os("BENCH_PYTHON")
+        .map_or_else(|| target_dir().join("pyenv/bin/python"), PathBuf::from);
+    if !python.exists() && std::env::var_os("BENCH_PYTHON").is_none() {
+        install_python_client(&target_dir().join("pyenv"))?;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_client.py");
+    let output = Command::new(&python)
+        .arg(script)
+        .arg(host)
+        .arg(tasks.to_string())
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", python.display()))?;
+    if !output.status.success() {
+        return Err(format!(
+            "the Python client failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|error| error.to_string())?;
+    let number = |key: &str| value[key].as_f64().unwrap_or(f64::NAN);
+    Ok(PythonRun {
+        tasks: value["tasks"].as_u64().unwrap_or(0) as usize,
+        wall_s: number("wall_s"),
+        cpu_s: number("cpu_s"),
+        user_s: number("user_s"),
+        p50_us: number("p50_us"),
+        p99_us: number("p99_us"),
+        max_rss_kb: value["max_rss_kb"].as_u64().unwrap_or(0),
+    })
+}

@@ -1,0 +1,303 @@
+//! `cloud-tasks enqueue-batch`: enqueue every document of a JSON-lines file.
+//!
+//! The input is read line by line and pushed into the library's [`BatchEnqueuer`], which keeps at
+//! most `concurrency` calls in flight, so memory does not grow with the file. Outcomes are
+//! handled as they arrive: failed documents go to stdout as JSON lines (the input format plus
+//! `line` and `error`, so the output can be fed back in), progress and the summary go to stderr.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cloud_tasks::{
+    BatchEnqueuer, BatchOptions, CloudTasksClient, EnqueueMode, Error, KeyedOutcome, Outcome,
+    ProcessDocumentPayload, Settings,
+};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+
+/// Calls in flight when `--concurrency` is not given: 8 batches are up to 800 tasks.
+const DEFAULT_BATCH_CONCURRENCY: usize = 8;
+const DEFAULT_PER_TASK_CONCURRENCY: usize = 64;
+
+/// Exit status after an interruption (128 + SIGINT), as shells report it.
+const EXIT_INTERRUPTED: i32 = 130;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct EnqueueBatchArgs {
+    /// JSON-lines file, one `{"document_id": "<uuid>", "filename": "<name>"}` per line, or `-`
+    /// for stdin. Other fields are ignored, so this command's own output can be fed back in.
+    input: PathBuf,
+    /// Name each task after its document, so a document enqueued within about the last hour is
+    /// skipped ("already enqueued"): rerunning the same file after an interruption enqueues
+    /// only what is missing.
+    #[arg(long)]
+    dedupe: bool,
+    /// Calls in flight at once (default 8 batches of 100, or 64 single calls with --per-task).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    concurrency: Option<u16>,
+    /// One CreateTask call per document instead of BatchCreateTasks.
+    #[arg(long)]
+    per_task: bool,
+}
+
+/// What happened so far, for the progress line and the summary.
+#[derive(Debug, Default)]
+struct Counts {
+    created: u64,
+    already: u64,
+    failed: u64,
+}
+
+impl Counts {
+    fn done(&self) -> u64 {
+        self.created + self.already + self.failed
+    }
+}
+
+/// Runs the command. `Err` only for problems before anything is read (settings, client); a run
+/// that read input exits here with 1 if any document failed, 130 if interrupted.
+pub(crate) async fn run(args: EnqueueBatchArgs) -> Result<(), Error> {
+    let settings = Settings::from_env()?;
+    let client = CloudTasksClient::from_settings(&settings)?;
+    let (input, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) =
+        if args.input.as_os_str() == "-" {
+            (Box::new(tokio::io::stdin()), None)
+        } else {
+            match tokio::fs::File::open(&args.input).await {
+                Ok(file) => {
+                    let size = file.metadata().await.ok().map(|metadata| metadata.len());
+                    (Box::new(file), size)
+                }
+                Err(error) => {
+                    eprintln!("error: cannot open {}: {error}", args.input.display());
+                    std::process::exit(super::EXIT_USAGE.into());
+                }
+            }
+        };
+    let mode = if args.per_task {
+        EnqueueMode::PerTask
+    } else {
+        EnqueueMode::Batch
+    };
+    let concurrency = args.concurrency.map_or(
+        if args.per_task {
+            DEFAULT_PER_TASK_CONCURRENCY
+        } else {
+            DEFAULT_BATCH_CONCURRENCY
+        },
+        usize::from,
+    );
+    let options = BatchOptions::new()
+        .with_mode(mode)
+        .with_concurrency(concurrency)
+        .with_dedupe(args.dedupe);
+    let enqueuer = client.batch_enqueuer(options);
+    let mut run = Run {
+        counts: Counts::default(),
+        started: Instant::now(),
+        progress: progress_bar(size),
+        stdout: std::io::BufWriter::new(std::io::stdout()),
+    };
+    let interrupted = run
+        .enqueue_lines(BufReader::with_capacity(64 * 1024, input), enqueuer)
+        .await;
+    match run.finish(interrupted, args.dedupe) {
+        0 => Ok(()),
+        // Everything is flushed; the shared exit path only knows errors, not partial failure.
+        code => std::process::exit(code),
+    }
+}
+
+struct Run {
+    counts: Counts,
+    started: Instant,
+    progress: Option<ProgressBar>,
+    stdout: std::io::BufWriter<std::io::Stdout>,
+}
+
+impl Run {
+    /// Reads and enqueues every line; returns whether Ctrl-C stopped the reading.
+    async fn enqueue_lines(
+        &mut self,
+        mut input: impl AsyncBufReadExt + Unpin,
+        mut enqueuer: BatchEnqueuer<(u64, ProcessDocumentPayload)>,
+    ) -> bool {
+        let interrupt = tokio::signal::ctrl_c();
+        tokio::pin!(interrupt);
+        let mut line = String::new();
+        let mut line_number = 0_u64;
+        let mut bytes_read = 0_u64;
+        let mut interrupted = false;
+        loop {
+            line.clear();
+            let read = tokio::select! {
+                biased;
+                _ = &mut interrupt => {
+                    interrupted = true;
+                    break;
+                }
+                read = input.read_line(&mut line) => read,
+            };
+            let read = match read {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(error) => {
+                    // Unreadable input (e.g. invalid UTF-8): report it and stop reading, but
+                    // still wait for what was sent.
+                    self.counts.failed += 1;
+                    self.report_bad_line(line_number + 1, &format!("cannot read input: {error}"));
+                    break;
+                }
+            };
+            line_number += 1;
+            bytes_read += read as u64;
+            let text = line.trim();
+            if text.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<ProcessDocumentPayload>(text) {
+                Ok(document) => {
+                    let done = enqueuer
+                        .push_document((line_number, document.clone()), &document)
+                        .await;
+                    self.record(done);
+                }
+                Err(error) => {
+                    self.counts.failed += 1;
+                    self.report_bad_line(line_number, &error.to_string());
+                }
+            }
+            if let Some(progress) = &self.progress {
+                progress.set_position(bytes_read);
+            }
+        }
+        if interrupted {
+            self.println_stderr("interrupted: waiting for the calls in flight");
+        }
+        let done = enqueuer.finish().await;
+        self.record(done);
+        interrupted
+    }
+
+    fn record(&mut self, done: Vec<KeyedOutcome<(u64, ProcessDocumentPayload)>>) {
+        if done.is_empty() {
+            return;
+        }
+        for KeyedOutcome {
+            key: (line, document),
+            outcome,
+        } in done
+        {
+            match outcome {
+                Outcome::Created(_) => self.counts.created += 1,
+                Outcome::AlreadyExists => self.counts.already += 1,
+                Outcome::Failed(error) => {
+                    self.counts.failed += 1;
+                    let failed = serde_json::json!({
+                        "document_id": document.document_id,
+                        "filename": document.filename,
+                        "line": line,
+                        "error": error.to_string(),
+                    });
+                    if let Err(error) = writeln!(self.stdout, "{failed}") {
+                        self.println_stderr(&format!("error: cannot write to stdout: {error}"));
+                    }
+                }
+            }
+        }
+        if let Some(progress) = &self.progress {
+            progress.set_message(self.progress_message());
+        }
+    }
+
+    fn progress_message(&self) -> String {
+        let Counts {
+            created,
+            already,
+            failed,
+        } = self.counts;
+        format!(
+            "{created} created, {already} already enqueued, {failed} failed, {:.0} tasks/s",
+            rate(self.counts.done(), self.started.elapsed())
+        )
+    }
+
+    fn report_bad_line(&self, line: u64, error: &str) {
+        self.println_stderr(&format!("line {line}: skipped: {error}"));
+    }
+
+    fn println_stderr(&self, text: &str) {
+        match &self.progress {
+            Some(progress) => progress.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// Prints the summary and returns the exit status.
+    fn finish(mut self, interrupted: bool, dedupe: bool) -> i32 {
+        if let Some(progress) = self.progress.take() {
+            progress.finish_and_clear();
+        }
+        if let Err(error) = self.stdout.flush() {
+            eprintln!("error: cannot write to stdout: {error}");
+        }
+        let elapsed = self.started.elapsed();
+        let Counts {
+            created,
+            already,
+            failed,
+        } = self.counts;
+        eprintln!(
+            "{created} created, {already} already enqueued, {failed} failed in {:.1} s \
+             ({:.0} tasks/s)",
+            elapsed.as_secs_f64(),
+            rate(self.counts.done(), elapsed)
+        );
+        if interrupted {
+            eprintln!(
+                "interrupted before the end of the input; {}",
+                if dedupe {
+                    "run the same command again to enqueue only what is missing"
+                } else {
+                    "rerun with --dedupe to enqueue only what is missing"
+                }
+            );
+            return EXIT_INTERRUPTED;
+        }
+        if failed > 0 {
+            eprintln!("failed documents are listed on stdout; feed them back in to retry");
+            return super::EXIT_FAILED.into();
+        }
+        0
+    }
+}
+
+fn rate(count: u64, elapsed: Duration) -> f64 {
+    let seconds = elapsed.as_secs_f64();
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// A bar over the file's bytes, or a spinner for stdin; none when stderr is not a terminal.
+fn progress_bar(size: Option<u64>) -> Option<ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let progress = match size {
+        Some(size) => ProgressBar::new(size).with_style(
+            ProgressStyle::with_template("{elapsed_precise} [{wide_bar}] {percent:>3}% {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        ),
+        None => ProgressBar::new_spinner().with_style(
+            ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                .expect("a valid template"),
+        ),
+    };
+    progress.enable_steady_tick(Duration::from_millis(200));
+    Some(progress)
+}

@@ -1,0 +1,371 @@
+//! Bulk enqueue against the mock server: splitting, per-task outcomes, long-running operations,
+//! de-duplicated reruns and per-task mode.
+
+mod common;
+
+use std::collections::HashSet;
+
+use cloud_tasks::proto::{MessageType, Task};
+use cloud_tasks::testing::Fault;
+use cloud_tasks::{
+    BatchOptions, EnqueueMode, HttpTask, Outcome, ProcessDocumentPayload, Uuid, document_task_id,
+};
+use common::*;
+use tonic::Code;
+
+fn documents(count: usize) -> Vec<ProcessDocumentPayload> {
+    (0..count)
+        .map(|index| ProcessDocumentPayload {
+            document_id: Uuid::new_v4(),
+            filename: format!("scan-{index}.pdf"),
+        })
+        .collect()
+}
+
+fn body(task: &Task) -> ProcessDocumentPayload {
+    match &task.message_type {
+        Some(MessageType::HttpRequest(http)) => serde_json::from_slice(&http.body).unwrap(),
+        other => panic!("expected an HTTP task, got {other:?}"),
+    }
+}
+
+fn created_name(outcome: &Outcome) -> &str {
+    match outcome {
+        Outcome::Created(task) => &task.name,
+        other => panic!("expected a created task, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn more_than_100_documents_are_split_into_batches_of_at_most_100() {
+    let (server, client) = mock_and_client().await;
+    let input = documents(250);
+
+    let outcomes = client
+        .create_document_processing_tasks(
+            input.clone(),
+            BatchOptions::new().with_concurrency(4).with_dedupe(true),
+        )
+        .await;
+
+    assert_eq!(outcomes.len(), 250);
+    for (document, outcome) in input.iter().zip(&outcomes) {
+        let expected = format!(
+            "{QUEUE_PATH}/tasks/{}",
+            document_task_id(document.document_id, None)
+        );
+        assert_eq!(
+            created_name(outcome),
+            expected,
+            "outcomes are in input order"
+        );
+    }
+
+    let calls = server.batch_create_tasks_calls();
+    let mut sizes: Vec<usize> = calls
+        .iter()
+        .map(|call| call.message.requests.len())
+        .collect();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [50, 100, 100]);
+    assert!(server.create_task_calls().is_empty());
+    let mut request_ids = HashSet::new();
+    for call in &calls {
+        assert_eq!(call.message.parent, QUEUE_PATH);
+        assert!(call.message.requests.iter().all(|r| r.parent == QUEUE_PATH));
+        let request_id: Uuid = call.message.request_id.parse().unwrap();
+        assert_eq!(request_id.get_version_num(), 4);
+        assert!(request_ids.insert(request_id), "each batch has its own ID");
+        assert_eq!(
+            call.metadata.get("x-goog-request-params").unwrap(),
+            "parent=projects%2Fmy-project%2Flocations%2Fus-central1%2Fqueues%2Fdocument-processing"
+        );
+    }
+
+    // Every document arrives once, with the single-task API's body.
+    let stored: Vec<ProcessDocumentPayload> = server.tasks().iter().map(body).collect();
+    assert_eq!(stored.len(), 250);
+    let stored: HashSet<_> = stored
+        .into_iter()
+        .map(|d| (d.document_id, d.filename))
+        .collect();
+    let sent: HashSet<_> = input
+        .into_iter()
+        .map(|d| (d.document_id, d.filename))
+        .collect();
+    assert_eq!(stored, sent);
+}
+
+#[tokio::test]
+async fn unnamed_tasks_get_the_servers_names_in_order() {
+    let (server, client) = mock_and_client().await;
+    let outcomes = client
+        .create_document_processing_tasks(documents(120), BatchOptions::new().with_concurrency(1))
+        .await;
+    let stored = server.tasks();
+    assert_eq!(stored.len(), 120);
+    let names: Vec<&str> = outcomes.iter().map(created_name).collect();
+    let stored_names: Vec<&str> = stored.iter().map(|task| task.name.as_str()).collect();
+    assert_eq!(names, stored_names, "concurrency 1 keeps creation order");
+}
+
+#[tokio::test]
+async fn partial_failures_are_reported_per_document() {
+    let (server, client) = mock_and_client().await;
+    let mut input = documents(8);
+    // Already enqueued earlier: refused as a duplicate name.
+    let earlier = client
+        .create_document_processing_tasks(
+            vec![input[1].clone()],
+            BatchOptions::new().with_dedupe(true),
+        )
+        .await;
+    assert!(earlier[0].is_created());
+    // Refused by the server alone.
+    let refused = input[4].document_id.to_string();
+    server.fail_tasks_containing(&refused, Code::PermissionDenied, "caller lacks actAs");
+    // Refused locally before sending.
+    input[6].filename = String::new();
+
+    let outcomes = client
+        .create_document_processing_tasks(input.clone(), BatchOptions::new().with_dedupe(true))
+        .await;
+
+    assert_eq!(outcomes.len(), 8);
+    for (index, outcome) in outcomes.iter().enumerate() {
+        match index {
+            1 => assert!(matches!(outcome, Outcome::AlreadyExists), "{outcome:?}"),
+            4 => {
+                let error = outcome.error().expect("refused by the server");
+                assert!(error.is_permission_denied(), "{error}");
+                assert!(
+                    error.to_string().contains("roles/cloudtasks.enqueuer"),
+                    "{error}"
+                );
+            }
+            6 => {
+                let error = outcome.error().expect("refused locally");
+                assert!(error.is_config(), "{error}");
+                assert!(error.to_string().contains("file name is empty"), "{error}");
+            }
+            _ => assert_eq!(
+                created_name(outcome),
+                client.task_name(&document_task_id(input[index].document_id, None))
+            ),
+        }
+    }
+    let calls = server.batch_create_tasks_calls();
+    assert_eq!(calls.len(), 2, "the earlier batch and this one");
+    assert_eq!(
+        calls[1].message.requests.len(),
+        7,
+        "the invalid document is not sent"
+    );
+    assert_eq!(server.tasks().len(), 1 + 5);
+}
+
+#[tokio::test]
+async fn an_operation_not_done_at_once_is_polled_until_done() {
+    let (server, client) = mock_and_client().await;
+    server.set_operation_polls(3);
+    let input = documents(130);
+
+    let outcomes = client
+        .create_document_processing_tasks(input, BatchOptions::new().with_concurrency(2))
+        .await;
+
+    assert!(outcomes.iter().all(Outcome::is_created), "{outcomes:?}");
+    let polls = server.get_operation_calls();
+    assert_eq!(
+        polls.len(),
+        2 * 3,
+        "three polls for each of the two batches"
+    );
+    let names: HashSet<&str> = polls
+        .iter()
+        .map(|poll| poll.message.name.as_str())
+        .collect();
+    assert_eq!(names.len(), 2);
+    for poll in &polls {
+        assert!(
+            poll.message
+                .name
+                .starts_with("projects/my-project/locations/us-central1/operations/"),
+            "{}",
+            poll.message.name
+        );
+        let routing = poll.metadata.get("x-goog-request-params").unwrap();
+        assert!(
+            routing.to_str().unwrap().starts_with(
+                "name=projects%2Fmy-project%2Flocations%2Fus-central1%2Foperations%2F"
+            ),
+            "{routing:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_operation_that_outlives_its_timeout_fails_its_tasks_as_maybe_created() {
+    let (server, client) = mock_and_client().await;
+    server.set_operation_polls(1000);
+    let outcomes = client
+        .create_document_processing_tasks(
+            documents(3),
+            BatchOptions::new().with_operation_timeout(std::time::Duration::from_millis(400)),
+        )
+        .await;
+    for outcome in &outcomes {
+        let error = outcome.error().expect("timed out");
+        assert!(error.is_timeout() && error.task_may_exist(), "{error}");
+    }
+    assert!(!server.get_operation_calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_deduplicated_rerun_creates_only_what_is_missing() {
+    let (server, client) = mock_and_client().await;
+    let input = documents(150);
+    let options = BatchOptions::new().with_dedupe(true).with_concurrency(3);
+    // The first run was interrupted after 70 documents.
+    let first = client
+        .create_document_processing_tasks(input[..70].to_vec(), options.clone())
+        .await;
+    assert!(first.iter().all(Outcome::is_created));
+
+    let rerun = client
+        .create_document_processing_tasks(input.clone(), options)
+        .await;
+
+    let already = rerun
+        .iter()
+        .take(70)
+        .filter(|outcome| matches!(outcome, Outcome::AlreadyExists))
+        .count();
+    assert_eq!(already, 70);
+    assert!(rerun[70..].iter().all(Outcome::is_created), "{rerun:?}");
+    let stored = server.tasks();
+    assert_eq!(stored.len(), 150, "no document enqueued twice");
+    let ids: HashSet<Uuid> = stored.iter().map(|task| body(task).document_id).collect();
+    assert_eq!(ids.len(), 150);
+}
+
+#[tokio::test]
+async fn a_failed_batch_fails_only_its_own_tasks() {
+    let (server, client) = mock_and_client().await;
+    server.push_fault(Fault::Reject(Code::InvalidArgument, "bad batch".into()));
+
+    let outcomes = client
+        .create_document_processing_tasks(documents(150), BatchOptions::new().with_concurrency(1))
+        .await;
+
+    let failed: Vec<_> = outcomes.iter().filter_map(Outcome::error).collect();
+    assert_eq!(failed.len(), 100, "the first batch");
+    assert!(failed.iter().all(|error| error.is_invalid_argument()));
+    assert!(failed.iter().all(|error| !error.task_may_exist()));
+    assert!(outcomes[..100].iter().all(|outcome| !outcome.is_created()));
+    assert!(outcomes[100..].iter().all(Outcome::is_created));
+    assert_eq!(server.tasks().len(), 50);
+    assert_eq!(
+        server.batch_create_tasks_calls().len(),
+        2,
+        "a definite error is not retried"
+    );
+}
+
+#[tokio::test]
+async fn an_unavailable_batch_is_retried_with_its_request_id_and_applied_once() {
+    let (server, client) = mock_and_client().await;
+    server.push_fault(Fault::Reject(Code::Unavailable, "before applying".into()));
+    server.push_fault(Fault::FailAfterStore(
+        Code::Unavailable,
+        "reply lost".into(),
+    ));
+
+    let outcomes = client
+        .create_document_processing_tasks(documents(100), BatchOptions::new())
+        .await;
+
+    assert!(outcomes.iter().all(Outcome::is_created), "{outcomes:?}");
+    assert_eq!(server.tasks().len(), 100, "applied once");
+    let calls = server.batch_create_tasks_calls();
+    assert_eq!(calls.len(), 3);
+    let request_id = &calls[0].message.request_id;
+    assert!(!request_id.is_empty());
+    assert!(
+        calls
+            .iter()
+            .all(|call| &call.message.request_id == request_id)
+    );
+}
+
+#[tokio::test]
+async fn per_task_mode_sends_one_create_task_per_document() {
+    let (server, client) = mock_and_client().await;
+    let mut input = documents(30);
+    let refused = input[7].document_id.to_string();
+    server.fail_tasks_containing(&refused, Code::InvalidArgument, "bad task");
+    input[9].document_id = Uuid::nil();
+
+    let outcomes = client
+        .create_document_processing_tasks(
+            input,
+            BatchOptions::new()
+                .with_mode(EnqueueMode::PerTask)
+                .with_concurrency(4),
+        )
+        .await;
+
+    assert_eq!(outcomes.len(), 30);
+    assert!(outcomes[7].error().unwrap().is_invalid_argument());
+    assert!(outcomes[9].error().unwrap().is_config());
+    assert_eq!(outcomes.iter().filter(|o| o.is_created()).count(), 28);
+    assert_eq!(server.create_task_calls().len(), 29);
+    assert!(server.batch_create_tasks_calls().is_empty());
+}
+
+#[tokio::test]
+async fn general_http_tasks_are_validated_one_by_one() {
+    let (server, client) = mock_and_client().await;
+    let tasks = vec![
+        HttpTask::post("/api/reindex").with_task_id("reindex-1"),
+        HttpTask::post("no-leading-slash"),
+        HttpTask::post("/api/reindex").with_task_id("reindex-1"),
+    ];
+
+    let outcomes = client.create_http_tasks(tasks, BatchOptions::new()).await;
+
+    assert_eq!(created_name(&outcomes[0]), client.task_name("reindex-1"));
+    assert!(outcomes[1].error().unwrap().is_config());
+    assert!(
+        matches!(outcomes[2], Outcome::AlreadyExists),
+        "the same name twice in one batch: {:?}",
+        outcomes[2]
+    );
+    assert_eq!(
+        server.batch_create_tasks_calls()[0].message.requests.len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn the_enqueuer_streams_outcomes_and_bounds_calls_in_flight() {
+    let (server, client) = mock_and_client().await;
+    server.push_fault(Fault::Delay(std::time::Duration::from_millis(200)));
+    let mut enqueuer =
+        client.batch_enqueuer::<usize>(BatchOptions::new().with_batch_size(10).with_concurrency(2));
+    let mut seen = Vec::new();
+    for (index, document) in documents(45).iter().enumerate() {
+        seen.extend(enqueuer.push_document(index, document).await);
+        assert!(enqueuer.in_flight() <= 2);
+    }
+    assert!(!seen.is_empty(), "outcomes arrive while pushing");
+    seen.extend(enqueuer.finish().await);
+    let mut keys: Vec<usize> = seen.iter().map(|enqueued| enqueued.key).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        (0..45).collect::<Vec<_>>(),
+        "each outcome exactly once"
+    );
+    assert_eq!(server.batch_create_tasks_calls().len(), 5);
+}

@@ -1,0 +1,298 @@
+//! `cloud-tasks enqueue-batch` against the mock server: outcomes, output, exit codes, reruns.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+
+use cloud_tasks::Uuid;
+use cloud_tasks::testing::{Fault, MockCloudTasks};
+use common::*;
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tonic::Code;
+
+/// A fresh empty directory, so no `.env` from the repository leaks into the run.
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cloud-tasks-cli-batch-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn document_line(document_id: Uuid, filename: &str) -> String {
+    serde_json::json!({"document_id": document_id, "filename": filename}).to_string()
+}
+
+fn documents(count: usize) -> Vec<(Uuid, String)> {
+    (0..count)
+        .map(|index| (Uuid::new_v4(), format!("scan {index}.pdf")))
+        .collect()
+}
+
+fn write_input(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    path
+}
+
+async fn run(server: &MockCloudTasks, dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"));
+    command
+        .env_clear()
+        .current_dir(dir)
+        .env("GCP_PROJECT_ID", PROJECT)
+        .env("GCP_LOCATION", LOCATION)
+        .env("CLOUD_TASKS_QUEUE", QUEUE)
+        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
+        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
+        .env("CLOUD_TASKS_EMULATOR_HOST", server.host())
+        .arg("enqueue-batch")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(bytes).await.unwrap();
+        drop(pipe);
+    }
+    child.wait_with_output().await.unwrap()
+}
+
+fn stdout_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_listed_on_stdout_and_bad_lines_do_not_stop_the_rest() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let docs = documents(205);
+    let mut lines: Vec<String> = docs
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    lines.insert(2, "{not json".to_owned());
+    let empty_name = Uuid::new_v4();
+    lines.insert(10, document_line(empty_name, ""));
+    let refused = docs[150].0;
+    server.fail_tasks_containing(&refused.to_string(), Code::PermissionDenied, "no actAs");
+    let input = write_input(&dir, "docs.jsonl", &lines);
+
+    let output = run(&server, &dir, &[input.to_str().unwrap()], None).await;
+
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("line 3: skipped:"), "{err}");
+    assert!(
+        err.contains("204 created, 0 already enqueued, 3 failed"),
+        "{err}"
+    );
+    let mut failed = stdout_lines(&output);
+    failed.sort_by_key(|line| line["line"].as_u64());
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert_eq!(failed[0]["document_id"], empty_name.to_string());
+    assert_eq!(failed[0]["line"], 11);
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("file name is empty")
+    );
+    assert_eq!(failed[1]["document_id"], refused.to_string());
+    assert_eq!(failed[1]["filename"], "scan 150.pdf");
+    assert_eq!(failed[1]["line"], 153);
+    assert!(
+        failed[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("permission denied")
+    );
+
+    assert_eq!(server.tasks().len(), 204);
+    let calls = server.batch_create_tasks_calls();
+    assert!(calls.iter().all(|call| call.message.requests.len() <= 100));
+    assert_eq!(
+        calls
+            .iter()
+            .map(|call| call.message.requests.len())
+            .sum::<usize>(),
+        205
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deduplicated_rerun_after_an_interruption_creates_only_what_is_missing() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(150)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let partial = write_input(&dir, "partial.jsonl", &lines[..60]);
+    let full = write_input(&dir, "full.jsonl", &lines);
+
+    let first = run(
+        &server,
+        &dir,
+        &[partial.to_str().unwrap(), "--dedupe"],
+        None,
+    )
+    .await;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(stderr(&first).contains("60 created, 0 already enqueued, 0 failed"));
+
+    let rerun = run(
+        &server,
+        &dir,
+        &[full.to_str().unwrap(), "--dedupe", "--concurrency", "3"],
+        None,
+    )
+    .await;
+
+    assert_eq!(rerun.status.code(), Some(0), "{}", stderr(&rerun));
+    assert!(
+        stderr(&rerun).contains("90 created, 60 already enqueued, 0 failed"),
+        "{}",
+        stderr(&rerun)
+    );
+    assert!(rerun.stdout.is_empty());
+    assert_eq!(server.tasks().len(), 150);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_output_fed_back_through_stdin_is_enqueued() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(10)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let input = write_input(&dir, "docs.jsonl", &lines);
+    // A definite failure (retried ones would succeed on their own), e.g. IAM not yet granted.
+    server.push_fault(Fault::Reject(
+        Code::PermissionDenied,
+        "not yet granted".into(),
+    ));
+
+    let first = run(&server, &dir, &[input.to_str().unwrap()], None).await;
+    assert_eq!(first.status.code(), Some(1));
+    assert_eq!(stdout_lines(&first).len(), 10);
+    assert!(server.tasks().is_empty());
+
+    let retry = run(&server, &dir, &["-", "--per-task"], Some(&first.stdout)).await;
+
+    assert_eq!(retry.status.code(), Some(0), "{}", stderr(&retry));
+    assert!(stderr(&retry).contains("10 created, 0 already enqueued, 0 failed"));
+    assert_eq!(server.tasks().len(), 10);
+    assert_eq!(server.create_task_calls().len(), 10, "--per-task");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_and_configuration_problems_exit_with_2() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+
+    let missing = run(&server, &dir, &["no-such-file.jsonl"], None).await;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(stderr(&missing).contains("cannot open no-such-file.jsonl"));
+
+    let zero = run(&server, &dir, &["-", "--concurrency", "0"], Some(b"")).await;
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
+
+    let unconfigured = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"))
+        .env_clear()
+        .current_dir(&dir)
+        .args(["enqueue-batch", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(unconfigured.status.code(), Some(2));
+    assert!(stderr(&unconfigured).contains("GCP_PROJECT_ID"));
+    assert!(server.batch_create_tasks_calls().is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_reading_finishes_what_was_read_and_a_dedupe_rerun_completes() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(400)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"));
+    command
+        .env_clear()
+        .current_dir(&dir)
+        .env("GCP_PROJECT_ID", PROJECT)
+        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
+        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
+        .env("CLOUD_TASKS_EMULATOR_HOST", server.host())
+        .args(["enqueue-batch", "-", "--dedupe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The first 250 lines arrive, then the input stalls (stdin stays open).
+    stdin
+        .write_all((lines[..250].join("\n") + "\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while server.tasks().len() < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two full batches were not sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let interrupted = child.wait_with_output().await.unwrap();
+    drop(stdin);
+
+    let err = stderr(&interrupted);
+    assert_eq!(interrupted.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("250 created, 0 already enqueued, 0 failed"),
+        "{err}"
+    );
+    assert!(err.contains("run the same command again"), "{err}");
+    assert_eq!(
+        server.tasks().len(),
+        250,
+        "the 50 read but unsent are sent before exiting"
+    );
+
+    let full = write_input(&dir, "all.jsonl", &lines);
+    let rerun = run(&server, &dir, &[full.to_str().unwrap(), "--dedupe"], None).await;
+    assert_eq!(rerun.status.code(), Some(0), "{}", stderr(&rerun));
+    assert!(
+        stderr(&rerun).contains("150 created, 250 already enqueued, 0 failed"),
+        "{}",
+        stderr(&rerun)
+    );
+    assert_eq!(server.tasks().len(), 400);
+    std::fs::remove_dir_all(dir).unwrap();
+}
