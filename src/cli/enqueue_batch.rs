@@ -7,6 +7,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use cloud_tasks::{
@@ -21,7 +22,7 @@ const DEFAULT_BATCH_CONCURRENCY: usize = 8;
 const DEFAULT_PER_TASK_CONCURRENCY: usize = 64;
 
 /// Exit status after an interruption (128 + SIGINT), as shells report it.
-const EXIT_INTERRUPTED: i32 = 130;
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct EnqueueBatchArgs {
@@ -55,9 +56,16 @@ impl Counts {
     }
 }
 
-/// Runs the command. `Err` only for problems before anything is read (settings, client); a run
-/// that read input exits here with 1 if any document failed, 130 if interrupted.
-pub(crate) async fn run(args: EnqueueBatchArgs) -> Result<(), Error> {
+/// Runs the command: exit 2 for problems before anything is read (settings, client, input),
+/// else 1 if any document failed, 130 if interrupted.
+pub(crate) async fn run(args: EnqueueBatchArgs) -> ExitCode {
+    match enqueue_all(args).await {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => super::report(&error),
+    }
+}
+
+async fn enqueue_all(args: EnqueueBatchArgs) -> Result<u8, Error> {
     let settings = Settings::from_env()?;
     let client = CloudTasksClient::from_settings(&settings)?;
     let (input, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) =
@@ -71,7 +79,7 @@ pub(crate) async fn run(args: EnqueueBatchArgs) -> Result<(), Error> {
                 }
                 Err(error) => {
                     eprintln!("error: cannot open {}: {error}", args.input.display());
-                    std::process::exit(super::EXIT_USAGE.into());
+                    return Ok(super::EXIT_USAGE);
                 }
             }
         };
@@ -102,11 +110,7 @@ pub(crate) async fn run(args: EnqueueBatchArgs) -> Result<(), Error> {
     let interrupted = run
         .enqueue_lines(BufReader::with_capacity(64 * 1024, input), enqueuer)
         .await;
-    match run.finish(interrupted, args.dedupe) {
-        0 => Ok(()),
-        // Everything is flushed; the shared exit path only knows errors, not partial failure.
-        code => std::process::exit(code),
-    }
+    Ok(run.finish(interrupted, args.dedupe))
 }
 
 struct Run {
@@ -235,13 +239,14 @@ impl Run {
     }
 
     /// Prints the summary and returns the exit status.
-    fn finish(mut self, interrupted: bool, dedupe: bool) -> i32 {
+    fn finish(mut self, interrupted: bool, dedupe: bool) -> u8 {
         if let Some(progress) = self.progress.take() {
             progress.finish_and_clear();
         }
-        if let Err(error) = self.stdout.flush() {
-            eprintln!("error: cannot write to stdout: {error}");
-        }
+        // Failed documents that did not reach stdout would be lost: that is a failure.
+        let stdout_lost = self.stdout.flush().err().inspect(|error| {
+            eprintln!("error: cannot write the failed documents to stdout: {error}");
+        });
         let elapsed = self.started.elapsed();
         let Counts {
             created,
@@ -267,7 +272,10 @@ impl Run {
         }
         if failed > 0 {
             eprintln!("failed documents are listed on stdout; feed them back in to retry");
-            return super::EXIT_FAILED.into();
+            return super::EXIT_FAILED;
+        }
+        if stdout_lost.is_some() {
+            return super::EXIT_FAILED;
         }
         0
     }

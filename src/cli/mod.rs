@@ -78,24 +78,21 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    // These report their own outcome and exit code.
-    #[cfg(feature = "demo")]
-    match cli.command {
-        Command::Demo(args) => return runtime.block_on(demo::run(args)),
-        Command::Emulator(args) => return runtime.block_on(emulator::run(args)),
-        _ => {}
-    }
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::from(if error.is_config() {
-                EXIT_USAGE
-            } else {
-                EXIT_FAILED
-            })
-        }
-    }
+    let code = runtime.block_on(run(cli));
+    // A blocking read of stdin (enqueue-batch from a stalled pipe, interrupted with Ctrl-C)
+    // cannot be cancelled; waiting for it would hang the exit until more input arrives.
+    runtime.shutdown_background();
+    code
+}
+
+/// Prints `error` as the one line on stderr and picks the exit code.
+fn report(error: &Error) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(if error.is_config() {
+        EXIT_USAGE
+    } else {
+        EXIT_FAILED
+    })
 }
 
 /// Logs go to stderr and are off unless `RUST_LOG` asks for them, so stdout stays clean.
@@ -108,12 +105,18 @@ fn init_tracing() {
         .init();
 }
 
-async fn run(cli: Cli) -> Result<(), Error> {
+/// Each command reports its own outcome and picks its exit code.
+async fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Enqueue(args) => enqueue(args).await,
+        Command::Enqueue(args) => match enqueue(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => report(&error),
+        },
         Command::EnqueueBatch(args) => enqueue_batch::run(args).await,
         #[cfg(feature = "demo")]
-        Command::Demo(_) | Command::Emulator(_) => unreachable!("dispatched in main"),
+        Command::Demo(args) => demo::run(args).await,
+        #[cfg(feature = "demo")]
+        Command::Emulator(args) => emulator::run(args).await,
     }
 }
 
