@@ -77,19 +77,35 @@ impl serde_json::ser::Formatter for PythonFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
-        // Python escapes everything outside printable ASCII, as UTF-16 code units.
-        for c in fragment.chars() {
-            if (' '..='~').contains(&c) {
-                writer.write_all(&[c as u8])?;
-            } else {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    write!(writer, "\\u{unit:04x}")?;
-                }
+        // Python escapes everything outside printable ASCII, as UTF-16 code units. File names
+        // and IDs are almost all printable ASCII, so runs of it are written in one call rather
+        // than byte by byte (this is on every enqueue's path).
+        let mut rest = fragment;
+        while !rest.is_empty() {
+            let printable = rest
+                .bytes()
+                .position(|byte| !(b' '..=b'~').contains(&byte))
+                .unwrap_or(rest.len());
+            writer.write_all(&rest.as_bytes()[..printable])?;
+            rest = &rest[printable..];
+            let Some(c) = rest.chars().next() else {
+                break;
+            };
+            let mut units = [0u16; 2];
+            for &unit in c.encode_utf16(&mut units).iter() {
+                writer.write_all(&unicode_escape(unit))?;
             }
+            rest = &rest[c.len_utf8()..];
         }
         Ok(())
     }
+}
+
+/// `\uXXXX` (lower-case hex) for one UTF-16 code unit, as Python writes it.
+fn unicode_escape(unit: u16) -> [u8; 6] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digit = |shift: u16| HEX[usize::from((unit >> shift) & 0xf)];
+    [b'\\', b'u', digit(12), digit(8), digit(4), digit(0)]
 }
 
 #[cfg(test)]
@@ -118,6 +134,10 @@ mod tests {
             (
                 "tab\there\nnl",
                 r#"{"document_id": "123e4567-e89b-12d3-a456-426614174000", "filename": "tab\there\nnl"}"#,
+            ),
+            (
+                "é😀",
+                r#"{"document_id": "123e4567-e89b-12d3-a456-426614174000", "filename": "\u00e9\ud83d\ude00"}"#,
             ),
             (
                 "\u{7f}\u{1}",
