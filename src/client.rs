@@ -338,9 +338,11 @@ impl CloudTasksClient {
     /// too).
     async fn call_metadata(&self, timeout: Duration) -> Result<MetadataMap, Error> {
         let inner = &*self.inner;
-        // Room for these headers, grpc-timeout, the credentials' and the three tonic adds (te,
-        // content-type, user-agent), so that no insert reallocates.
-        let mut headers = HeaderMap::with_capacity(inner.call_headers.len() + 7);
+        // Room for these headers, grpc-timeout and the three tonic adds (te, content-type,
+        // user-agent), so that no insert reallocates; credentials' headers (TLS calls to Google)
+        // may grow it once. Not more: a map of 12 or more entries is a large allocation for
+        // malloc, which then consolidates its free lists on every call.
+        let mut headers = HeaderMap::with_capacity(inner.call_headers.len() + 4);
         for (name, value) in &inner.call_headers {
             headers.insert(name, value.clone());
         }
