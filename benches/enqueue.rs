@@ -1,6 +1,8 @@
 //! Enqueue benchmark: raw tonic stub vs `CloudTasksClient` per task vs the batch path, at
 //! concurrency 1, 16 and 64, against the mock server on loopback; then `enqueue-batch` of 100,000
-//! documents (peak RSS) and the official Python client (CPU per task).
+//! documents (peak RSS) and the official Python client (CPU per task). If valgrind is installed,
+//! also the user-space instructions per task of the raw stub and the client (callgrind), a
+//! figure that other load on the machine does not change.
 //!
 //! Run: `cargo bench --bench enqueue --features testing,cli` (see PERFORMANCE.md).
 //!
@@ -32,8 +34,15 @@ const SERVICE_ACCOUNT: &str = "tasks-invoker@bench-project.iam.gserviceaccount.c
 const CONCURRENCIES: [usize; 3] = [1, 16, 64];
 
 fn main() {
-    if std::env::args().any(|arg| arg == "__serve") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|arg| arg == "__serve") {
         serve();
+        return;
+    }
+    if let [_, mode, path, host, calls] = args.as_slice()
+        && mode == "__instructions"
+    {
+        run_for_instruction_count(path, host, calls.parse().unwrap());
         return;
     }
     let sizes = Sizes {
@@ -52,6 +61,10 @@ fn main() {
     );
 
     let mut server = Server::start();
+    // First, while this process is small: a child's ru_maxrss on Linux also counts the peak RSS
+    // of the process that spawned it, up to its exec.
+    let cli = enqueue_batch_cli(&server.host, cli_docs);
+    let bench_peak_at_spawn_kb = peak_rss_kb();
     let multi_thread = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -108,12 +121,30 @@ fn main() {
         median_ratio(&single[1], &single[0], |m| m.p99_us),
     );
 
-    let cli = enqueue_batch_cli(&server.host, cli_docs);
+    println!(
+        "\n## User-space instructions per task (callgrind), current-thread runtime, concurrency 1\n"
+    );
+    match instructions_per_task(&server.host) {
+        Ok((raw, client)) => {
+            println!("| path | instructions/task |\n|---|---:|");
+            println!("| raw tonic stub, CreateTask | {raw:.0} |");
+            println!("| CloudTasksClient, CreateTask per task | {client:.0} |");
+            println!(
+                "\nclient/raw instructions per task {:.3} ({INSTRUCTION_COUNT_CALLS} calls each; \
+                 repeatable to about 1%, whatever else runs on the machine)",
+                client / raw
+            );
+        }
+        Err(reason) => println!("skipped: {reason}"),
+    }
+
     println!("\n## `cloud-tasks enqueue-batch` of {cli_docs} documents (release build)\n");
     println!(
-        "peak RSS {:.1} MB [target < 50 MB]; {}",
+        "peak RSS {:.1} MB [target < 50 MB]; {} (run first; ru_maxrss, which also covers this \
+         process's peak when it spawned the CLI, {:.1} MB)",
         cli.max_rss_kb as f64 / 1024.0,
-        cli.summary
+        cli.summary,
+        bench_peak_at_spawn_kb as f64 / 1024.0
     );
 
     println!("\n## Official Python client (google-cloud-tasks 2.26 over grpcio), concurrency 1\n");
@@ -134,13 +165,29 @@ fn main() {
                 python.p99_us,
                 python.max_rss_kb as f64 / 1024.0
             );
+            // The raw stub's rows show how far any client on this stack can get: a ratio the
+            // raw stub itself misses is out of reach of the client's own code.
             let rust_rows = [
-                ("multi-thread runtime", Measured::median(&results[0][1])),
-                ("current-thread runtime", Measured::median(&single[1])),
+                (
+                    "Rust `create_document_processing_task`, multi-thread runtime",
+                    Measured::median(&results[0][1]),
+                ),
+                (
+                    "Rust `create_document_processing_task`, current-thread runtime",
+                    Measured::median(&single[1]),
+                ),
+                (
+                    "raw tonic stub (bound for any client), multi-thread runtime",
+                    Measured::median(&results[0][0]),
+                ),
+                (
+                    "raw tonic stub (bound for any client), current-thread runtime",
+                    Measured::median(&single[0]),
+                ),
             ];
-            for (runtime, rust) in rust_rows {
+            for (client, rust) in rust_rows {
                 println!(
-                    "| Rust `create_document_processing_task`, {runtime} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                    "| {client} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
                     rust.tasks_per_s(),
                     rust.cpu_per_task_us(),
                     rust.user_per_task_us(),
@@ -180,22 +227,7 @@ fn run_paths(
     sizes: &Sizes,
     batch: bool,
 ) -> Vec<Vec<Measured>> {
-    let (client, raw) = runtime.block_on(async {
-        let client = CloudTasksClient::builder()
-            .with_project_id(PROJECT)
-            .with_service_url(SERVICE_URL)
-            .with_service_account_email(SERVICE_ACCOUNT)
-            .with_emulator_host(host)
-            .build()
-            .unwrap();
-        let channel: Channel = Endpoint::from_shared(format!("http://{host}"))
-            .unwrap()
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .unwrap();
-        (client, RawCloudTasksClient::new(channel))
-    });
+    let (client, raw) = runtime.block_on(connect(host));
     let paths = if batch { 3 } else { 2 };
     let mut rounds: Vec<Vec<Measured>> = (0..paths).map(|_| Vec::new()).collect();
     for _ in 0..sizes.rounds {
@@ -205,17 +237,7 @@ fn run_paths(
             concurrency,
             sizes.per_task,
             1,
-            move |_| {
-                let mut stub = raw.clone();
-                async move {
-                    let request = CreateTaskRequest {
-                        parent: QUEUE_PATH.to_owned(),
-                        task: Some(raw_task()),
-                        ..CreateTaskRequest::default()
-                    };
-                    stub.create_task(request).await.unwrap();
-                }
-            },
+            move |_| raw_create_task(raw.clone()),
         )));
         let per_task_client = client.clone();
         rounds[1].push(runtime.block_on(measure(
@@ -223,18 +245,7 @@ fn run_paths(
             concurrency,
             sizes.per_task,
             1,
-            move |index| {
-                let client = per_task_client.clone();
-                async move {
-                    client
-                        .create_document_processing_task(
-                            Uuid::new_v4(),
-                            &format!("scan-{index}.pdf"),
-                        )
-                        .await
-                        .unwrap();
-                }
-            },
+            move |index| client_create_task(per_task_client.clone(), index),
         )));
         if batch {
             let batch_client = client.clone();
@@ -263,6 +274,135 @@ fn run_paths(
         }
     }
     rounds
+}
+
+/// The crate's client and the raw generated stub, each with its own HTTP/2 connection to `host`.
+async fn connect(host: &str) -> (CloudTasksClient, RawCloudTasksClient<Channel>) {
+    let client = CloudTasksClient::builder()
+        .with_project_id(PROJECT)
+        .with_service_url(SERVICE_URL)
+        .with_service_account_email(SERVICE_ACCOUNT)
+        .with_emulator_host(host)
+        .build()
+        .unwrap();
+    let channel: Channel = Endpoint::from_shared(format!("http://{host}"))
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    (client, RawCloudTasksClient::new(channel))
+}
+
+/// One call of the raw-stub path: a prebuilt task, no metadata, no deadline.
+async fn raw_create_task(mut stub: RawCloudTasksClient<Channel>) {
+    let request = CreateTaskRequest {
+        parent: QUEUE_PATH.to_owned(),
+        task: Some(raw_task()),
+        ..CreateTaskRequest::default()
+    };
+    stub.create_task(request).await.unwrap();
+}
+
+/// One call of the client path, for the `index`-th document.
+async fn client_create_task(client: CloudTasksClient, index: usize) {
+    client
+        .create_document_processing_task(Uuid::new_v4(), &format!("scan-{index}.pdf"))
+        .await
+        .unwrap();
+}
+
+/// Tasks per path for the instruction counts: enough that connection setup and warm-up are
+/// excluded and per-call variation averages out, few enough for callgrind's ~50x slowdown.
+const INSTRUCTION_COUNT_CALLS: usize = 2_000;
+
+/// User-space instructions per task of the raw stub and of the client (`(raw, client)`), each
+/// counted by callgrind over `INSTRUCTION_COUNT_CALLS` sequential calls on a current-thread
+/// runtime against the same server. Unlike CPU time, the count does not depend on what else
+/// runs on the machine, so their ratio is repeatable to within a fraction of a percent; it
+/// leaves out kernel time (the system calls and loopback TCP work), which is the same for both.
+fn instructions_per_task(host: &str) -> Result<(f64, f64), String> {
+    let count = |path: &str| -> Result<f64, String> {
+        let out_file = target_dir().join(format!("bench-callgrind-{path}.out"));
+        let output = Command::new("valgrind")
+            // Valgrind counts every iteration of `rep movsb` as an instruction, so glibc's
+            // memcpy of a few KB (an async state machine being moved) would count thousands of
+            // instructions where the CPU spends a few dozen cycles; its vector loop keeps the
+            // count closer to the work.
+            .env(
+                "GLIBC_TUNABLES",
+                "glibc.cpu.x86_rep_movsb_threshold=1000000000",
+            )
+            .arg("--tool=callgrind")
+            // Count only inside the timed loop: not startup, connecting, or warm-up.
+            .arg("--toggle-collect=*measured_calls*")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(std::env::current_exe().unwrap())
+            .args(["__instructions", path, host])
+            .arg(INSTRUCTION_COUNT_CALLS.to_string())
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|error| format!("cannot run valgrind ({error}); install it to get counts"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "valgrind failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        let profile = std::fs::read_to_string(&out_file).map_err(|error| error.to_string())?;
+        std::fs::remove_file(&out_file).ok();
+        let total: u64 = profile
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("summary:")
+                    .or(line.strip_prefix("totals:"))
+            })
+            .and_then(|counts| counts.split_whitespace().next()?.parse().ok())
+            .ok_or("no instruction total in the callgrind output")?;
+        Ok(total as f64 / INSTRUCTION_COUNT_CALLS as f64)
+    };
+    Ok((count("raw")?, count("client")?))
+}
+
+/// `__instructions PATH HOST CALLS`, run under callgrind by `instructions_per_task`: `CALLS`
+/// sequential calls of one path on a current-thread runtime (one thread, so the count does not
+/// depend on how work lands on threads), after connecting and warming up.
+fn run_for_instruction_count(path: &str, host: &str, calls: usize) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (client, raw) = runtime.block_on(connect(host));
+    let call = |index: usize| {
+        let (client, raw) = (client.clone(), raw.clone());
+        async move {
+            match path {
+                "raw" => raw_create_task(raw).await,
+                _ => client_create_task(client, index).await,
+            }
+        }
+    };
+    runtime.block_on(async {
+        for index in 0..100 {
+            call(index).await;
+        }
+    });
+    measured_calls(&runtime, calls, call);
+}
+
+/// The loop callgrind counts (`--toggle-collect`): everything the runtime does during it,
+/// including the connection's I/O, runs on this thread inside `block_on`.
+#[inline(never)]
+fn measured_calls<Fut: Future<Output = ()>>(
+    runtime: &tokio::runtime::Runtime,
+    calls: usize,
+    call: impl Fn(usize) -> Fut,
+) {
+    runtime.block_on(async {
+        for index in 0..calls {
+            call(index).await;
+        }
+    });
 }
 
 /// The median over rounds of `metric(a) / metric(b)`, each ratio from one round, where the two

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use google_cloud_auth::credentials::Credentials;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
@@ -26,6 +26,9 @@ pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long establishing the connection may take before a call fails.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Set per attempt from its deadline.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 const USER_AGENT: &str = concat!("cloud-tasks-rs/", env!("CARGO_PKG_VERSION"));
 
@@ -62,6 +65,9 @@ struct Inner {
     auth: Auth,
     /// Routing and client-identity headers, computed once.
     call_headers: HeaderMap,
+    /// The `grpc-timeout` value for `attempt_timeout`, the deadline of almost every attempt,
+    /// formatted once (tonic's formatting costs about as much as the rest of the metadata).
+    attempt_timeout_header: Option<HeaderValue>,
     attempt_timeout: Duration,
     total_timeout: Duration,
     retry_policy: RetryPolicy,
@@ -250,7 +256,7 @@ impl CloudTasksClient {
             idempotency,
             attempt_timeout,
             total_timeout,
-            |budget| self.send_create_task(request.clone(), budget),
+            |budget| self.send_create_task(&request, budget),
         )
         .await;
         let latency_ms = started.elapsed().as_millis();
@@ -274,12 +280,17 @@ impl CloudTasksClient {
         outcome
     }
 
+    /// One `CreateTask` attempt. It takes the request by reference and clones it only when the
+    /// call is sent: each attempt needs its own copy (tonic consumes it), and a request carried
+    /// by value would be copied again into every future wrapped around the attempt.
     async fn send_create_task(
         &self,
-        request: CreateTaskRequest,
+        request: &CreateTaskRequest,
         timeout: Duration,
     ) -> Result<Task, Error> {
-        let request = self.prepare_with_timeout(request, timeout).await?;
+        let metadata = self.call_metadata(timeout).await?;
+        let request =
+            tonic::Request::from_parts(metadata, tonic::Extensions::default(), request.clone());
         let mut stub = self.raw_stub();
         self.map_response(stub.create_task(request).await, timeout)
     }
@@ -314,17 +325,36 @@ impl CloudTasksClient {
         message: T,
         timeout: Duration,
     ) -> Result<tonic::Request<T>, Error> {
-        let inner = &*self.inner;
-        let mut headers = inner.call_headers.clone();
-        inner.auth.add_headers(&mut headers).await?;
-        let mut request = tonic::Request::from_parts(
-            MetadataMap::from_headers(headers),
+        let metadata = self.call_metadata(timeout).await?;
+        Ok(tonic::Request::from_parts(
+            metadata,
             tonic::Extensions::default(),
             message,
-        );
-        // Tells Cloud Tasks how long the caller waits; the channel enforces it too.
-        request.set_timeout(timeout);
-        Ok(request)
+        ))
+    }
+
+    /// The routing, client-identity and credential metadata of a call to this client's queue,
+    /// and `grpc-timeout`: tells Cloud Tasks how long the caller waits (the channel enforces it
+    /// too).
+    async fn call_metadata(&self, timeout: Duration) -> Result<MetadataMap, Error> {
+        let inner = &*self.inner;
+        // Room for these headers, grpc-timeout and the three tonic adds (te, content-type,
+        // user-agent), so that no insert reallocates; credentials' headers (TLS calls to Google)
+        // may grow it once. Not more: a map of 12 or more entries is a large allocation for
+        // malloc, which then consolidates its free lists on every call.
+        let mut headers = HeaderMap::with_capacity(inner.call_headers.len() + 4);
+        for (name, value) in &inner.call_headers {
+            headers.insert(name, value.clone());
+        }
+        inner.auth.add_headers(&mut headers).await?;
+        let grpc_timeout = match &inner.attempt_timeout_header {
+            Some(value) if timeout == inner.attempt_timeout => Some(value.clone()),
+            _ => grpc_timeout_header(timeout),
+        };
+        if let Some(value) = grpc_timeout {
+            headers.insert(GRPC_TIMEOUT, value);
+        }
+        Ok(MetadataMap::from_headers(headers))
     }
 
     /// The result of one RPC attempt, its failure mapped.
@@ -617,6 +647,7 @@ impl ClientBuilder {
         Ok(CloudTasksClient {
             inner: Arc::new(Inner {
                 call_headers: auth::queue_call_headers(target.queue_path()),
+                attempt_timeout_header: grpc_timeout_header(self.attempt_timeout),
                 target,
                 endpoint,
                 stub: RawCloudTasksClient::new(channel.clone()),
@@ -628,6 +659,14 @@ impl ClientBuilder {
             }),
         })
     }
+}
+
+/// The `grpc-timeout` header tonic's `Request::set_timeout` sends for `timeout` (always
+/// `Some`; tonic's API gives it back through a map).
+fn grpc_timeout_header(timeout: Duration) -> Option<HeaderValue> {
+    let mut request = tonic::Request::new(());
+    request.set_timeout(timeout);
+    request.into_parts().0.into_headers().remove(GRPC_TIMEOUT)
 }
 
 /// A channel that connects on first use. With `tls`, the endpoint must be `https` and is
@@ -670,4 +709,44 @@ fn connect_lazily(
         builder = builder.tls_config(tls_config).map_err(transport_error)?;
     }
     Ok(builder.connect_lazy())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_with_attempt_timeout(timeout: Duration) -> CloudTasksClient {
+        CloudTasksClient::builder()
+            .with_project_id("p")
+            .with_service_url("https://backend-abc123-uc.a.run.app")
+            .with_service_account_email("a@p.iam.gserviceaccount.com")
+            .with_emulator_host("127.0.0.1:1")
+            .with_attempt_timeout(timeout)
+            .build()
+            .unwrap()
+    }
+
+    /// The cached `grpc-timeout` and the one formatted per call are both what tonic sends.
+    #[tokio::test]
+    async fn grpc_timeout_is_what_tonic_sends() {
+        for attempt_timeout in [Duration::from_secs(20), Duration::from_millis(1500)] {
+            let client = client_with_attempt_timeout(attempt_timeout);
+            for timeout in [
+                attempt_timeout,
+                Duration::from_millis(2345),
+                Duration::from_secs(3600),
+            ] {
+                let metadata = client.call_metadata(timeout).await.unwrap();
+                let mut expected = tonic::Request::new(());
+                expected.set_timeout(timeout);
+                assert_eq!(
+                    metadata.get("grpc-timeout"),
+                    expected.metadata().get("grpc-timeout"),
+                    "{timeout:?}"
+                );
+                assert!(metadata.get("x-goog-request-params").is_some());
+                assert!(metadata.get("x-goog-api-client").is_some());
+            }
+        }
+    }
 }

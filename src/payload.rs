@@ -1,7 +1,5 @@
 //! The JSON contract between the producer (upload endpoint) and the consumer (task handler).
 
-use std::io;
-
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -25,71 +23,67 @@ impl ProcessDocumentPayload {
     /// (`", "` and `": "` separators, non-ASCII escaped as `\uXXXX`), so handlers and logs see
     /// the same bytes whichever producer enqueued the task.
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        to_python_json(self)
+        // Written out directly: it runs on every enqueue, and serde_json with a Python-style
+        // formatter cost about four times as much for these two fields. A field added to the struct
+        // must be added here too (the round-trip test catches a missing one unless it has a
+        // serde default).
+        const START: &[u8] = b"{\"document_id\": \"";
+        const MIDDLE: &[u8] = b"\", \"filename\": \"";
+        const END: &[u8] = b"\"}";
+        let mut id = Uuid::encode_buffer();
+        let id = self.document_id.hyphenated().encode_lower(&mut id);
+        let mut out = Vec::with_capacity(
+            START.len() + id.len() + MIDDLE.len() + self.filename.len() + END.len(),
+        );
+        out.extend_from_slice(START);
+        out.extend_from_slice(id.as_bytes());
+        out.extend_from_slice(MIDDLE);
+        write_python_json_string(&mut out, &self.filename);
+        out.extend_from_slice(END);
+        out
     }
 }
 
-/// Serialises `value` as Python's `json.dumps` does by default.
-pub(crate) fn to_python_json(value: &impl Serialize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
-    value
-        .serialize(&mut serializer)
-        .expect("serialising plain strings into a Vec cannot fail");
-    out
-}
-
-/// `serde_json` formatter matching Python's `json.dumps(obj)` defaults: `ensure_ascii=True` and
-/// `separators=(", ", ": ")`.
-struct PythonFormatter;
-
-impl serde_json::ser::Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
-    }
-
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
-    }
-
-    fn begin_object_value<W: ?Sized + io::Write>(&mut self, writer: &mut W) -> io::Result<()> {
-        writer.write_all(b": ")
-    }
-
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        writer: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
-        // Python escapes everything outside printable ASCII, as UTF-16 code units.
-        for c in fragment.chars() {
-            if (' '..='~').contains(&c) {
-                writer.write_all(&[c as u8])?;
-            } else {
+/// The inside of a JSON string as Python's `json.dumps` writes it with its default
+/// `ensure_ascii=True`: printable ASCII as is, the short escapes JSON has, and everything else
+/// as `\uXXXX` UTF-16 code units.
+fn write_python_json_string(out: &mut Vec<u8>, value: &str) {
+    let mut rest = value;
+    while !rest.is_empty() {
+        // File names are almost all printable ASCII: copy runs of it at once.
+        let plain = rest
+            .bytes()
+            .position(|byte| !(b' '..=b'~').contains(&byte) || byte == b'"' || byte == b'\\')
+            .unwrap_or(rest.len());
+        out.extend_from_slice(&rest.as_bytes()[..plain]);
+        rest = &rest[plain..];
+        let Some(c) = rest.chars().next() else {
+            break;
+        };
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            _ => {
                 let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    write!(writer, "\\u{unit:04x}")?;
+                for &unit in c.encode_utf16(&mut units).iter() {
+                    out.extend_from_slice(&unicode_escape(unit));
                 }
             }
         }
-        Ok(())
+        rest = &rest[c.len_utf8()..];
     }
+}
+
+/// `\uXXXX` (lower-case hex) for one UTF-16 code unit, as Python writes it.
+fn unicode_escape(unit: u16) -> [u8; 6] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digit = |shift: u16| HEX[usize::from((unit >> shift) & 0xf)];
+    [b'\\', b'u', digit(12), digit(8), digit(4), digit(0)]
 }
 
 #[cfg(test)]
@@ -118,6 +112,14 @@ mod tests {
             (
                 "tab\there\nnl",
                 r#"{"document_id": "123e4567-e89b-12d3-a456-426614174000", "filename": "tab\there\nnl"}"#,
+            ),
+            (
+                "é😀",
+                r#"{"document_id": "123e4567-e89b-12d3-a456-426614174000", "filename": "\u00e9\ud83d\ude00"}"#,
+            ),
+            (
+                "a\u{8}\u{c}\r\u{1f}/<>&\u{2028}\u{0}z",
+                r#"{"document_id": "123e4567-e89b-12d3-a456-426614174000", "filename": "a\b\f\r\u001f/<>&\u2028\u0000z"}"#,
             ),
             (
                 "\u{7f}\u{1}",

@@ -22,12 +22,16 @@ pub(crate) const MAX_TASK_BYTES: usize = 100 * 1024;
 
 /// Headers Cloud Tasks sets or reserves itself; a task may not set them.
 fn is_reserved_header(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    matches!(
-        name.as_str(),
-        "host" | "content-length" | "user-agent" | "authorization"
-    ) || name.starts_with("x-google-")
-        || name.starts_with("x-appengine-")
+    // Compared case-insensitively in place: every task passes here, most with a header or two.
+    let starts_with = |prefix: &str| {
+        name.get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix))
+    };
+    ["host", "content-length", "user-agent", "authorization"]
+        .iter()
+        .any(|reserved| name.eq_ignore_ascii_case(reserved))
+        || starts_with("x-google-")
+        || starts_with("x-appengine-")
 }
 
 /// An HTTP request for Cloud Tasks to deliver to a path of the backend's service URL, with the
@@ -162,7 +166,7 @@ impl HttpTask {
             Some(time) => Some(prost_types::Timestamp::from(time)),
             None => None,
         };
-        let url = format!("{service_url}{}", self.path);
+        let url = [service_url, &self.path].concat();
         if url.len() > validate::MAX_URL_LEN {
             return Err(invalid(format!(
                 "task URL is {} characters long; Cloud Tasks accepts at most {}",
@@ -273,5 +277,34 @@ impl DocumentTask {
             Some(task_id) => task.with_task_id(task_id.clone()),
             None => task,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_headers_match_in_any_case() {
+        for name in [
+            "Host",
+            "CONTENT-LENGTH",
+            "user-agent",
+            "Authorization",
+            "X-Google-Foo",
+            "x-appengine-queuename",
+        ] {
+            assert!(is_reserved_header(name), "{name}");
+        }
+        for name in [
+            "Content-Type",
+            "X-Job",
+            "x-goog",
+            "hostname",
+            "x-googl",
+            "é-x-google-",
+        ] {
+            assert!(!is_reserved_header(name), "{name}");
+        }
     }
 }
