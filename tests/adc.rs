@@ -6,7 +6,6 @@
 mod common;
 
 use cloud_tasks::Uuid;
-use cloud_tasks::testing::MockCloudTasks;
 use common::*;
 
 const TOKEN: &str = "ya29.adc-token-from-file";
@@ -25,15 +24,8 @@ fn application_default_credentials_come_from_the_environment() {
         // only one running; no other test shares this process.
         unsafe { std::env::set_var("GOOGLE_APPLICATION_CREDENTIALS", &path) };
 
-        let (cert, key) = self_signed_cert();
-        let server = MockCloudTasks::start_tls(cert.as_bytes(), key.as_bytes())
-            .await
-            .unwrap();
-        let client = builder()
-            .with_endpoint(server.uri())
-            .with_ca_certificate(cert)
-            .build()
-            .unwrap();
+        let (server, builder) = tls_server().await;
+        let client = builder.build().unwrap();
         let result = client
             .create_document_processing_task(Uuid::new_v4(), "a.pdf")
             .await;

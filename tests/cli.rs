@@ -195,15 +195,7 @@ async fn a_failed_call_exits_1_with_one_actionable_line() {
 
 #[tokio::test]
 async fn timeout_bounds_a_call_to_a_hung_server() {
-    // Accepts connections and never answers.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    let hold = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            open.push(stream);
-        }
-    });
+    let (host, hold) = silent_server().await;
     let server = MockCloudTasks::start().await.unwrap();
     let env = env_with_host(&server, host);
     let started = std::time::Instant::now();
@@ -224,12 +216,9 @@ async fn timeout_bounds_a_call_to_a_hung_server() {
 
 #[tokio::test]
 async fn timeout_bounds_a_call_with_no_server() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let host = unused_host();
     let server = MockCloudTasks::start().await.unwrap();
-    let env = env_with_host(&server, format!("127.0.0.1:{port}"));
+    let env = env_with_host(&server, host);
     let started = std::time::Instant::now();
     let output = run(
         &enqueue_args("a.pdf", &["--timeout", "2s"]),

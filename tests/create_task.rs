@@ -377,12 +377,9 @@ async fn a_slow_server_hits_the_attempt_timeout() {
 
 #[tokio::test]
 async fn connecting_is_lazy_and_an_absent_server_is_unavailable() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let host = unused_host();
     let client = builder()
-        .with_emulator_host(format!("127.0.0.1:{port}"))
+        .with_emulator_host(host)
         .build()
         .expect("building does not connect");
     let error = client

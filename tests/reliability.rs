@@ -197,12 +197,9 @@ async fn a_deduplicated_retry_after_a_slow_attempt_stores_one_task() {
 
 #[tokio::test]
 async fn no_server_at_all_is_a_connect_error_that_sent_nothing() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let host = unused_host();
     let client = builder()
-        .with_emulator_host(format!("127.0.0.1:{port}"))
+        .with_emulator_host(&host)
         .with_total_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -216,7 +213,7 @@ async fn no_server_at_all_is_a_connect_error_that_sent_nothing() {
     assert!(error.was_never_sent());
     assert!(!error.task_may_exist());
     let message = error.to_string();
-    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(message.contains(&host), "{message}");
     assert!(message.contains("nothing was sent"), "{message}");
 }
 
@@ -293,15 +290,7 @@ async fn an_in_flight_call_survives_a_graceful_restart() {
 
 #[tokio::test]
 async fn a_hung_server_is_bounded_by_the_total_deadline() {
-    // Accepts connections and never answers, not even the HTTP/2 handshake.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host = listener.local_addr().unwrap().to_string();
-    let hold = tokio::spawn(async move {
-        let mut open = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            open.push(stream);
-        }
-    });
+    let (host, hold) = silent_server().await;
     let client = builder()
         .with_emulator_host(host)
         .with_total_timeout(Duration::from_secs(1))

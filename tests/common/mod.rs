@@ -37,6 +37,26 @@ pub async fn mock_and_client() -> (MockCloudTasks, CloudTasksClient) {
     (server, client)
 }
 
+/// `127.0.0.1:port` where nothing listens (the port was free a moment ago).
+pub fn unused_host() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+/// A server that accepts connections and never answers, not even the HTTP/2 handshake: its
+/// `host:port`, and the task to abort when done.
+pub async fn silent_server() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            open.push(stream);
+        }
+    });
+    (host, hold)
+}
+
 /// A local OAuth token endpoint that answers every request with `token`, or with `status` 400.
 pub struct TokenEndpoint {
     pub url: String,
@@ -109,15 +129,22 @@ pub fn credentials(token_uri: &str) -> cloud_tasks::Credentials {
         .unwrap()
 }
 
-/// A TLS mock server and a client with credentials from `token_uri` that trusts its certificate.
-pub async fn tls_server_and_client(token_uri: &str) -> (MockCloudTasks, CloudTasksClient) {
+/// A TLS mock server, and a builder for it that trusts its certificate.
+pub async fn tls_server() -> (MockCloudTasks, ClientBuilder) {
     let (cert, key) = self_signed_cert();
     let server = MockCloudTasks::start_tls(cert.as_bytes(), key.as_bytes())
         .await
         .unwrap();
-    let client = builder()
+    let builder = builder()
         .with_endpoint(server.uri())
-        .with_ca_certificate(cert)
+        .with_ca_certificate(cert);
+    (server, builder)
+}
+
+/// A TLS mock server and a client with credentials from `token_uri` that trusts its certificate.
+pub async fn tls_server_and_client(token_uri: &str) -> (MockCloudTasks, CloudTasksClient) {
+    let (server, builder) = tls_server().await;
+    let client = builder
         .with_credentials(credentials(token_uri))
         .build()
         .unwrap();
