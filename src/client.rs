@@ -16,6 +16,7 @@ use crate::error::{self, CallContext, Error};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use crate::retry::{self, Attempted, Idempotency, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask};
+use crate::transport::WholeBodyChannel;
 use crate::validate;
 
 /// Google's global Cloud Tasks endpoint.
@@ -60,7 +61,7 @@ pub struct CloudTasksClient {
 struct Inner {
     target: Target,
     endpoint: String,
-    stub: RawCloudTasksClient<Channel>,
+    stub: RawCloudTasksClient<WholeBodyChannel>,
     channel: Channel,
     auth: Auth,
     /// Routing and client-identity headers, computed once.
@@ -369,7 +370,7 @@ impl CloudTasksClient {
     }
 
     /// The generated stub over the shared channel.
-    pub(crate) fn raw_stub(&self) -> RawCloudTasksClient<Channel> {
+    pub(crate) fn raw_stub(&self) -> RawCloudTasksClient<WholeBodyChannel> {
         self.inner.stub.clone()
     }
 
@@ -650,7 +651,7 @@ impl ClientBuilder {
                 attempt_timeout_header: grpc_timeout_header(self.attempt_timeout),
                 target,
                 endpoint,
-                stub: RawCloudTasksClient::new(channel.clone()),
+                stub: RawCloudTasksClient::new(WholeBodyChannel::new(channel.clone())),
                 channel,
                 auth,
                 attempt_timeout: self.attempt_timeout,

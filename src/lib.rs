@@ -50,6 +50,7 @@ mod retry;
 mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transport;
 mod validate;
 
 pub use batch::{
