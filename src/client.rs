@@ -17,7 +17,6 @@ use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use crate::retry::{self, Attempted, Idempotency, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask};
 use crate::transport::WholeBodyChannel;
-use crate::validate;
 
 /// Google's global Cloud Tasks endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://cloudtasks.googleapis.com";
@@ -612,23 +611,20 @@ impl ClientBuilder {
     /// [`Error::Config`] listing every bad value, [`Error::Transport`] for an unusable endpoint,
     /// [`Error::Auth`] if Application Default Credentials cannot be loaded.
     pub fn build(self) -> Result<CloudTasksClient, Error> {
-        let target = Target::new(
+        let emulator_host = match &self.transport {
+            Transport::Emulator { host } => Some(host.as_str()),
+            Transport::Google { .. } => None,
+        };
+        let target = Target::checked(
             &self.project_id,
             &self.location,
             &self.queue,
             &self.service_url,
             &self.service_account_email,
+            emulator_host,
         )?;
         let (endpoint, auth) = match self.transport {
-            Transport::Emulator { host } => {
-                validate::emulator_host(&host).map_err(|message| {
-                    crate::ConfigError::new(vec![crate::error::ConfigProblem {
-                        setting: crate::config::EMULATOR_HOST_VAR,
-                        message,
-                    }])
-                })?;
-                (format!("http://{host}"), Auth::None)
-            }
+            Transport::Emulator { host } => (format!("http://{host}"), Auth::None),
             Transport::Google {
                 endpoint,
                 credentials,

@@ -111,29 +111,14 @@ impl Settings {
     /// # Errors
     /// A [`ConfigError`] naming each missing or malformed variable, its value and the fix.
     pub fn validate(&self) -> Result<Target, ConfigError> {
-        let target = Target::new(
+        Target::checked(
             &self.gcp_project_id,
             &self.gcp_location,
             &self.cloud_tasks_queue,
             &self.cloud_run_service_url,
             &self.cloud_run_service_account,
-        );
-        let emulator_problem = self
-            .emulator_host
-            .as_deref()
-            .and_then(|host| validate::emulator_host(host).err())
-            .map(|message| ConfigProblem {
-                setting: EMULATOR_HOST_VAR,
-                message,
-            });
-        match (target, emulator_problem) {
-            (Ok(target), None) => Ok(target),
-            (Ok(_), Some(problem)) => Err(ConfigError::new(vec![problem])),
-            (Err(mut error), problem) => {
-                error.problems.extend(problem);
-                Err(error)
-            }
-        }
+            self.emulator_host.as_deref(),
+        )
     }
 }
 
@@ -199,6 +184,39 @@ impl Target {
                 service_account_email: service_account_email.to_owned(),
             }),
             _ => Err(ConfigError::new(problems)),
+        }
+    }
+
+    /// Like [`Target::new`], also checking the emulator's `host:port` if there is one, and
+    /// reporting every problem at once: what `Settings` and the client builder both need.
+    pub(crate) fn checked(
+        project_id: &str,
+        location: &str,
+        queue: &str,
+        service_url: &str,
+        service_account_email: &str,
+        emulator_host: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let target = Self::new(
+            project_id,
+            location,
+            queue,
+            service_url,
+            service_account_email,
+        );
+        let emulator_problem = emulator_host
+            .and_then(|host| validate::emulator_host(host).err())
+            .map(|message| ConfigProblem {
+                setting: EMULATOR_HOST_VAR,
+                message,
+            });
+        match (target, emulator_problem) {
+            (Ok(target), None) => Ok(target),
+            (Ok(_), Some(problem)) => Err(ConfigError::new(vec![problem])),
+            (Err(mut error), problem) => {
+                error.problems.extend(problem);
+                Err(error)
+            }
         }
     }
 

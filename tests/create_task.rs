@@ -388,3 +388,17 @@ async fn connecting_is_lazy_and_an_absent_server_is_unavailable() {
         .unwrap_err();
     assert_eq!(error.code(), Some(Code::Unavailable), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_bad_emulator_host_is_reported_with_the_other_problems() {
+    let error = builder()
+        .with_project_id("")
+        .with_emulator_host("http://127.0.0.1:8123")
+        .build()
+        .unwrap_err();
+    let Error::Config(config) = &error else {
+        panic!("expected a config error, got {error:?}");
+    };
+    let settings: Vec<_> = config.problems().iter().map(|p| p.setting).collect();
+    assert_eq!(settings, ["GCP_PROJECT_ID", "CLOUD_TASKS_EMULATOR_HOST"]);
+}
