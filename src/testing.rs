@@ -292,6 +292,19 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+impl State {
+    /// NOT_FOUND, as Cloud Tasks answers, unless `queue` exists.
+    fn check_queue(&self, queue: &str) -> Result<(), Status> {
+        match &self.queues {
+            Some(queues) if !queues.contains(queue) => Err(Status::not_found(format!(
+                "Queue does not exist. If you just created the queue, wait at least a minute for \
+                 the queue to initialize. ({queue})"
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 struct Service {
     state: Arc<Mutex<State>>,
 }
@@ -310,15 +323,7 @@ impl Service {
 
     fn store(&self, request: &CreateTaskRequest) -> Result<Task, Status> {
         let mut state = lock(&self.state);
-        if let Some(queues) = &state.queues
-            && !queues.contains(&request.parent)
-        {
-            return Err(Status::not_found(format!(
-                "Queue does not exist. If you just created the queue, wait at least a minute for \
-                 the queue to initialize. ({})",
-                request.parent
-            )));
-        }
+        state.check_queue(&request.parent)?;
         let mut task = request
             .task
             .clone()
@@ -366,14 +371,7 @@ impl Service {
         }
         {
             let state = lock(&self.state);
-            if let Some(queues) = &state.queues
-                && !queues.contains(&batch.parent)
-            {
-                return Err(Status::not_found(format!(
-                    "Queue does not exist. ({})",
-                    batch.parent
-                )));
-            }
+            state.check_queue(&batch.parent)?;
             // A retried batch is not applied again: the same operation answers.
             if let Some(name) = state.request_ids.get(&batch.request_id) {
                 let name = name.clone();

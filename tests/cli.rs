@@ -18,14 +18,15 @@ fn scratch_dir() -> PathBuf {
     dir
 }
 
-fn full_env(server: &MockCloudTasks) -> Vec<(&'static str, String)> {
+/// Every setting, with the emulator at `emulator_host`.
+fn full_env(emulator_host: String) -> Vec<(&'static str, String)> {
     vec![
         ("GCP_PROJECT_ID", PROJECT.to_owned()),
         ("GCP_LOCATION", LOCATION.to_owned()),
         ("CLOUD_TASKS_QUEUE", QUEUE.to_owned()),
         ("CLOUD_RUN_SERVICE_URL", SERVICE_URL.to_owned()),
         ("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT.to_owned()),
-        ("CLOUD_TASKS_EMULATOR_HOST", server.host()),
+        ("CLOUD_TASKS_EMULATOR_HOST", emulator_host),
     ]
 }
 
@@ -53,12 +54,16 @@ fn enqueue_args<'a>(filename: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
-/// The full settings, with the emulator host replaced by `host`.
-fn env_with_host(server: &MockCloudTasks, host: String) -> Vec<(&'static str, String)> {
-    let mut env = full_env(server);
-    env.retain(|(key, _)| *key != "CLOUD_TASKS_EMULATOR_HOST");
-    env.push(("CLOUD_TASKS_EMULATOR_HOST", host));
-    env
+/// `enqueue --timeout 2s` against `emulator_host`: its output and how long it took.
+async fn enqueue_with_2s_timeout(emulator_host: String) -> (Output, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let output = run(
+        &enqueue_args("a.pdf", &["--timeout", "2s"]),
+        &full_env(emulator_host),
+        &scratch_dir(),
+    )
+    .await;
+    (output, started.elapsed())
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -70,7 +75,7 @@ async fn enqueue_prints_the_task_name() {
     let server = MockCloudTasks::start().await.unwrap();
     let output = run(
         &enqueue_args("report.pdf", &[]),
-        &full_env(&server),
+        &full_env(server.host()),
         &scratch_dir(),
     )
     .await;
@@ -93,7 +98,7 @@ async fn enqueue_json_prints_the_task() {
     let server = MockCloudTasks::start().await.unwrap();
     let output = run(
         &enqueue_args("report.pdf", &["--json"]),
-        &full_env(&server),
+        &full_env(server.host()),
         &scratch_dir(),
     )
     .await;
@@ -116,7 +121,7 @@ async fn enqueue_json_prints_the_task() {
 async fn settings_come_from_a_dotenv_file_and_the_environment_wins() {
     let server = MockCloudTasks::start().await.unwrap();
     let dir = scratch_dir();
-    let dotenv: String = full_env(&server)
+    let dotenv: String = full_env(server.host())
         .iter()
         .map(|(key, value)| {
             let value = if *key == "CLOUD_TASKS_QUEUE" {
@@ -181,7 +186,7 @@ async fn a_failed_call_exits_1_with_one_actionable_line() {
     server.push_fault(Fault::Reject(Code::PermissionDenied, "denied".to_owned()));
     let output = run(
         &enqueue_args("a.pdf", &[]),
-        &full_env(&server),
+        &full_env(server.host()),
         &scratch_dir(),
     )
     .await;
@@ -196,16 +201,7 @@ async fn a_failed_call_exits_1_with_one_actionable_line() {
 #[tokio::test]
 async fn timeout_bounds_a_call_to_a_hung_server() {
     let (host, hold) = silent_server().await;
-    let server = MockCloudTasks::start().await.unwrap();
-    let env = env_with_host(&server, host);
-    let started = std::time::Instant::now();
-    let output = run(
-        &enqueue_args("a.pdf", &["--timeout", "2s"]),
-        &env,
-        &scratch_dir(),
-    )
-    .await;
-    let elapsed = started.elapsed();
+    let (output, elapsed) = enqueue_with_2s_timeout(host).await;
     assert_eq!(output.status.code(), Some(1));
     assert!(elapsed < std::time::Duration::from_secs(4), "{elapsed:?}");
     let stderr = text(&output.stderr);
@@ -216,18 +212,9 @@ async fn timeout_bounds_a_call_to_a_hung_server() {
 
 #[tokio::test]
 async fn timeout_bounds_a_call_with_no_server() {
-    let host = unused_host();
-    let server = MockCloudTasks::start().await.unwrap();
-    let env = env_with_host(&server, host);
-    let started = std::time::Instant::now();
-    let output = run(
-        &enqueue_args("a.pdf", &["--timeout", "2s"]),
-        &env,
-        &scratch_dir(),
-    )
-    .await;
+    let (output, elapsed) = enqueue_with_2s_timeout(unused_host()).await;
     assert_eq!(output.status.code(), Some(1));
-    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    assert!(elapsed < std::time::Duration::from_secs(4), "{elapsed:?}");
     let stderr = text(&output.stderr);
     assert!(stderr.contains("cannot connect"), "{stderr}");
     assert!(stderr.contains("nothing was sent"), "{stderr}");
@@ -236,7 +223,7 @@ async fn timeout_bounds_a_call_with_no_server() {
 #[tokio::test]
 async fn dedupe_enqueues_a_document_once_even_under_faults() {
     let server = MockCloudTasks::start().await.unwrap();
-    let env = full_env(&server);
+    let env = full_env(server.host());
     let dir = scratch_dir();
     let args = enqueue_args("a.pdf", &["--dedupe"]);
     server.push_fault(Fault::Reject(Code::Unavailable, "before store".to_owned()));
