@@ -24,6 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(server_stubs)
+        // No `connect` constructors over tonic's channel: the crate brings its own connection.
+        .build_transport(false)
         // The mock server implements only the RPCs tests use; the rest answer UNIMPLEMENTED.
         .generate_default_stubs(true)
         .include_file("google_apis.rs")

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant, SystemTime};
 use google_cloud_auth::credentials::Credentials;
 use http::{HeaderMap, HeaderValue};
 use tonic::metadata::MetadataMap;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -16,7 +15,7 @@ use crate::error::{self, CallContext, Error};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use crate::retry::{self, Attempted, Idempotency, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask};
-use crate::transport::WholeBodyChannel;
+use crate::transport::Http2Channel;
 
 /// Google's global Cloud Tasks endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://cloudtasks.googleapis.com";
@@ -60,8 +59,8 @@ pub struct CloudTasksClient {
 struct Inner {
     target: Target,
     endpoint: String,
-    stub: RawCloudTasksClient<WholeBodyChannel>,
-    channel: Channel,
+    stub: RawCloudTasksClient<Http2Channel>,
+    channel: Http2Channel,
     auth: Auth,
     /// Routing and client-identity headers, computed once.
     call_headers: HeaderMap,
@@ -369,13 +368,13 @@ impl CloudTasksClient {
     }
 
     /// The generated stub over the shared channel.
-    pub(crate) fn raw_stub(&self) -> RawCloudTasksClient<WholeBodyChannel> {
+    pub(crate) fn raw_stub(&self) -> RawCloudTasksClient<Http2Channel> {
         self.inner.stub.clone()
     }
 
     /// The shared HTTP/2 channel, for other services on the same endpoint (long-running
     /// operations).
-    pub(crate) fn channel(&self) -> Channel {
+    pub(crate) fn channel(&self) -> Http2Channel {
         self.inner.channel.clone()
     }
 
@@ -647,7 +646,7 @@ impl ClientBuilder {
                 attempt_timeout_header: grpc_timeout_header(self.attempt_timeout),
                 target,
                 endpoint,
-                stub: RawCloudTasksClient::new(WholeBodyChannel::new(channel.clone())),
+                stub: RawCloudTasksClient::new(channel.clone()),
                 channel,
                 auth,
                 attempt_timeout: self.attempt_timeout,
@@ -672,40 +671,32 @@ fn connect_lazily(
     endpoint: &str,
     tls: Option<Option<Vec<u8>>>,
     connect_timeout: Duration,
-) -> Result<Channel, Error> {
-    let transport_error = |source| Error::Transport {
-        endpoint: endpoint.to_owned(),
-        source,
-    };
-    let mut builder = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(transport_error)?
-        .user_agent(USER_AGENT)
-        .map_err(transport_error)?
-        .connect_timeout(connect_timeout)
-        .tcp_nodelay(true);
-    if let Some(extra_ca) = tls {
-        let uri = builder.uri();
-        if uri.scheme_str() != Some("https") {
-            return Err(Error::Config(crate::ConfigError::new(vec![
-                crate::error::ConfigProblem {
-                    setting: "endpoint",
-                    message: format!(
-                        "endpoint {endpoint:?} must use https://; plaintext is only for emulators \
-                         (set CLOUD_TASKS_EMULATOR_HOST=host:port)"
-                    ),
-                },
-            ])));
-        }
-        let domain = uri.host().unwrap_or_default().to_owned();
-        let mut tls_config = ClientTlsConfig::new()
-            .with_enabled_roots()
-            .domain_name(domain);
-        if let Some(pem) = extra_ca {
-            tls_config = tls_config.ca_certificate(Certificate::from_pem(pem));
-        }
-        builder = builder.tls_config(tls_config).map_err(transport_error)?;
+) -> Result<Http2Channel, Error> {
+    // A URI that does not parse is reported by the channel, with the parser's reason.
+    let plaintext = endpoint
+        .parse::<http::Uri>()
+        .is_ok_and(|uri| uri.scheme() != Some(&http::uri::Scheme::HTTPS));
+    if tls.is_some() && plaintext {
+        return Err(Error::Config(crate::ConfigError::new(vec![
+            crate::error::ConfigProblem {
+                setting: "endpoint",
+                message: format!(
+                    "endpoint {endpoint:?} must use https://; plaintext is only for emulators \
+                     (set CLOUD_TASKS_EMULATOR_HOST=host:port)"
+                ),
+            },
+        ])));
     }
-    Ok(builder.connect_lazy())
+    Http2Channel::lazy(
+        endpoint,
+        tls.as_ref().map(Option::as_deref),
+        connect_timeout,
+        USER_AGENT,
+    )
+    .map_err(|source| Error::Transport {
+        endpoint: endpoint.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 #[cfg(test)]

@@ -80,7 +80,7 @@ pub enum Error {
         endpoint: String,
         /// The transport error.
         #[source]
-        source: tonic::transport::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
