@@ -407,7 +407,7 @@ impl CloudTasksClient {
     ) -> Result<Operation, Error> {
         let request = self.prepare_with_timeout(request, timeout).await?;
         let mut stub = self.raw_stub();
-        self.map_response(stub.batch_create_tasks(request).await, timeout)
+        self.map_response(stub.batch_create_tasks(request).await)
     }
 
     /// One `GetOperation` attempt for an operation of this client's queue.
@@ -425,7 +425,7 @@ impl CloudTasksClient {
             crate::auth::routing_value("name", name),
         );
         let mut operations = OperationsClient::new(self.channel());
-        self.map_response(operations.get_operation(request).await, timeout)
+        self.map_response(operations.get_operation(request).await)
     }
 
     /// Polls the operation with a growing delay until it is done or `timeout` has passed.

@@ -291,7 +291,7 @@ impl CloudTasksClient {
         let request =
             tonic::Request::from_parts(metadata, tonic::Extensions::default(), request.clone());
         let mut stub = self.raw_stub();
-        self.map_response(stub.create_task(request).await, timeout)
+        self.map_response(stub.create_task(request).await)
     }
 
     /// Runs `attempt` under the retry policy and deadlines of `options`, falling back to the
@@ -333,8 +333,8 @@ impl CloudTasksClient {
     }
 
     /// The routing, client-identity and credential metadata of a call to this client's queue,
-    /// and `grpc-timeout`: tells Cloud Tasks how long the caller waits (the channel enforces it
-    /// too).
+    /// and `grpc-timeout`: tells Cloud Tasks how long the caller waits (`retry.rs` enforces it
+    /// on this side).
     async fn call_metadata(&self, timeout: Duration) -> Result<MetadataMap, Error> {
         let inner = &*self.inner;
         // Room for these headers, grpc-timeout and the three tonic adds (te, content-type,
@@ -360,11 +360,10 @@ impl CloudTasksClient {
     pub(crate) fn map_response<T>(
         &self,
         result: Result<tonic::Response<T>, tonic::Status>,
-        timeout: Duration,
     ) -> Result<T, Error> {
         result
             .map(tonic::Response::into_inner)
-            .map_err(|status| error::from_status(status, self.call_context(timeout)))
+            .map_err(|status| error::from_status(status, self.call_context()))
     }
 
     /// The generated stub over the shared channel.
@@ -380,15 +379,14 @@ impl CloudTasksClient {
 
     /// Maps a status received for this client's queue: a whole call's, or one task's of a batch.
     pub(crate) fn status_error(&self, status: tonic::Status) -> Error {
-        error::from_status(status, self.call_context(self.inner.attempt_timeout))
+        error::from_status(status, self.call_context())
     }
 
-    fn call_context(&self, attempt_timeout: Duration) -> CallContext<'_> {
+    fn call_context(&self) -> CallContext<'_> {
         CallContext {
             endpoint: &self.inner.endpoint,
             queue: self.inner.target.queue_path(),
             service_account: self.inner.target.service_account_email(),
-            attempt_timeout,
         }
     }
 }

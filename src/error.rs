@@ -176,7 +176,6 @@ pub(crate) struct CallContext<'a> {
     pub(crate) endpoint: &'a str,
     pub(crate) queue: &'a str,
     pub(crate) service_account: &'a str,
-    pub(crate) attempt_timeout: Duration,
 }
 
 /// Turns a status from Cloud Tasks into an [`Error`] whose message says what to do.
@@ -187,19 +186,12 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
         endpoint,
         queue,
         service_account,
-        attempt_timeout,
     } = call;
     if caused_by::<tonic::ConnectError>(&status) {
         return Error::Connect {
             endpoint: endpoint.to_owned(),
             detail: connect_detail(&status),
             status,
-        };
-    }
-    // tonic reports its own enforcement of the grpc-timeout as CANCELLED.
-    if status.code() == Code::Cancelled && caused_by::<tonic::TimeoutExpired>(&status) {
-        return Error::Timeout {
-            after: attempt_timeout,
         };
     }
     let detail = status.message();

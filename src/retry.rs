@@ -188,7 +188,6 @@ mod tests {
                 endpoint: "http://127.0.0.1:1",
                 queue: "projects/p/locations/l/queues/q",
                 service_account: "a@p.iam.gserviceaccount.com",
-                attempt_timeout: Duration::from_secs(1),
             },
         )
     }

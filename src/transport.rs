@@ -351,3 +351,47 @@ impl http_body::Body for ResponseBody {
         self.body.is_end_stream()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(endpoint: &str) -> Http2Channel {
+        Http2Channel::lazy(endpoint, None, Duration::from_secs(1), "test").unwrap()
+    }
+
+    #[test]
+    fn the_port_defaults_by_scheme_and_ipv6_hosts_lose_their_brackets() {
+        let cases = [
+            (
+                "https://cloudtasks.googleapis.com",
+                "cloudtasks.googleapis.com",
+                443,
+            ),
+            ("http://localhost", "localhost", 80),
+            ("http://127.0.0.1:8123", "127.0.0.1", 8123),
+            ("http://[::1]:8123", "::1", 8123),
+        ];
+        for (endpoint, host, port) in cases {
+            let shared = channel(endpoint).shared;
+            assert_eq!(
+                (shared.host.as_str(), shared.port),
+                (host, port),
+                "{endpoint}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_endpoint_without_scheme_or_host_is_refused() {
+        for endpoint in ["cloudtasks.googleapis.com", "/path", "https://"] {
+            let error = Http2Channel::lazy(endpoint, None, Duration::from_secs(1), "test")
+                .map(|_| ())
+                .unwrap_err();
+            assert!(
+                error.to_string().contains("not a valid endpoint URI"),
+                "{endpoint}: {error}"
+            );
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The crate's own HTTP/2 connection (src/transport.rs): large messages under flow control,
+//! TLS failures and connect timeouts reported as "nothing was sent", bad endpoints and CA
+//! certificates refused when the client is built.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cloud_tasks::proto::{MessageType, Task};
+use cloud_tasks::{BatchOptions, Error, HttpTask, Uuid};
+use common::*;
+
+/// The largest body a task may have, less room for the rest of the task.
+const LARGE_BODY: usize = 95 * 1024;
+
+fn body_of(task: &Task) -> &[u8] {
+    match &task.message_type {
+        Some(MessageType::HttpRequest(http)) => &http.body,
+        other => panic!("expected an HTTP task, got {other:?}"),
+    }
+}
+
+/// A body larger than HTTP/2's default 64 KiB window arrives whole, and so does a batch of
+/// 3 MB, larger than the server's connection window: the transport honours flow control.
+#[tokio::test]
+async fn messages_larger_than_the_flow_control_windows_arrive_whole() {
+    let (server, client) = mock_and_client().await;
+    let body: Vec<u8> = (0..LARGE_BODY).map(|i| (i % 251) as u8).collect();
+    client
+        .create_http_task(HttpTask::post("/api/tasks/large").with_body(body.clone()))
+        .await
+        .unwrap();
+    let calls = server.create_task_calls();
+    assert_eq!(body_of(calls[0].message.task.as_ref().unwrap()), body);
+
+    let tasks = (0..100).map(|i| {
+        let mut body = vec![b'x'; 30 * 1024];
+        body[0] = i;
+        HttpTask::post("/api/tasks/large").with_body(body)
+    });
+    let outcomes = client
+        .create_http_tasks(tasks, BatchOptions::default())
+        .await;
+    assert_eq!(outcomes.len(), 100);
+    assert!(
+        outcomes.iter().all(|outcome| outcome.is_created()),
+        "{outcomes:?}"
+    );
+    let batches = server.batch_create_tasks_calls();
+    assert_eq!(batches.len(), 1);
+    let sent: Vec<u8> = batches[0]
+        .message
+        .requests
+        .iter()
+        .map(|request| body_of(request.task.as_ref().unwrap())[0])
+        .collect();
+    assert_eq!(sent, (0..100).collect::<Vec<u8>>());
+}
+
+/// A server whose certificate the client does not trust: a connection failure, nothing sent.
+#[tokio::test]
+async fn an_untrusted_certificate_is_a_connect_error() {
+    let tokens = token_endpoint(Some("token")).await;
+    let (server, _) = tls_server().await;
+    let (other_ca, _) = self_signed_cert();
+    let client = builder()
+        .with_endpoint(server.uri())
+        .with_ca_certificate(other_ca)
+        .with_credentials(credentials(&tokens.url))
+        .build()
+        .unwrap();
+    let error = client
+        .create_document_processing_task(Uuid::new_v4(), "a.pdf")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    assert!(error.was_never_sent());
+    let message = error.to_string();
+    assert!(message.contains("certificate"), "{message}");
+    assert!(server.tasks().is_empty());
+}
+
+/// A server that accepts TCP but never finishes the TLS handshake is given up on after the
+/// connect timeout, well before the call's deadline.
+#[tokio::test]
+async fn a_handshake_that_never_finishes_is_bounded_by_the_connect_timeout() {
+    let tokens = token_endpoint(Some("token")).await;
+    let (host, hold) = silent_server().await;
+    let client = builder()
+        .with_endpoint(format!("https://{host}"))
+        .with_credentials(credentials(&tokens.url))
+        .with_connect_timeout(Duration::from_millis(300))
+        .with_total_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let error = client
+        .create_document_processing_task(Uuid::new_v4(), "a.pdf")
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    assert!(error.was_never_sent());
+    let message = error.to_string();
+    assert!(
+        message.contains("connecting took longer than 300ms"),
+        "{message}"
+    );
+    hold.abort();
+}
+
+#[tokio::test]
+async fn a_malformed_endpoint_is_refused_when_building() {
+    let error = builder()
+        .with_endpoint("https://cloud tasks")
+        .with_credentials(credentials("http://127.0.0.1:1/token"))
+        .build()
+        .unwrap_err();
+    assert!(error.is_config(), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("https://cloud tasks"), "{message}");
+    assert!(message.contains("not a valid endpoint URI"), "{message}");
+}
+
+#[tokio::test]
+async fn a_ca_certificate_that_is_not_pem_is_refused_when_building() {
+    let error = builder()
+        .with_endpoint("https://127.0.0.1:1")
+        .with_ca_certificate("not a certificate")
+        .with_credentials(credentials("http://127.0.0.1:1/token"))
+        .build()
+        .unwrap_err();
+    assert!(error.is_config(), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains("no CERTIFICATE block"), "{message}");
+}
+
+/// A client can be built outside a runtime and used in one; when its runtime is gone, a client
+/// used from a new runtime connects again instead of failing on the dead connection.
+#[test]
+fn a_client_outlives_the_runtime_of_its_connection() {
+    let server_runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = server_runtime
+        .block_on(cloud_tasks::testing::MockCloudTasks::start())
+        .unwrap();
+    let client = builder().with_emulator_host(server.host()).build().unwrap();
+    for _ in 0..2 {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(client.create_document_processing_task(Uuid::new_v4(), "a.pdf"))
+            .unwrap();
+    }
+    assert_eq!(server.tasks().len(), 2);
+    assert_eq!(server.connections(), 2, "one connection per runtime");
+}
