@@ -1,6 +1,6 @@
 //! Enqueue benchmark: raw tonic stub vs `CloudTasksClient` per task vs the batch path, at
 //! concurrency 1, 16 and 64, against the mock server on loopback; then `enqueue-batch` of 100,000
-//! documents (peak RSS) and the official Python client (CPU per task). If valgrind is installed,
+//! documents (peak RSS) and the official Python client at the same concurrencies (CPU per task). If valgrind is installed,
 //! also the user-space instructions per task of the raw stub and the client (callgrind), a
 //! figure that other load on the machine does not change.
 //!
@@ -147,59 +147,74 @@ fn main() {
         bench_peak_at_spawn_kb as f64 / 1024.0
     );
 
-    println!("\n## Official Python client (google-cloud-tasks 2.26 over grpcio), concurrency 1\n");
-    match python_client(&server.host, sizes.per_task) {
-        Ok(python) => {
-            let python_cpu_per_task = python.cpu_s * 1e6 / python.tasks as f64;
-            println!(
-                "| client | tasks/s | client CPU/task (µs) | of which user (µs) | p50 latency (µs) | p99 latency (µs) | peak RSS (MB) | Python/Rust CPU per task [>= 10] | Python/Rust user CPU per task |"
-            );
-            println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-            let python_user_per_task = python.user_s * 1e6 / python.tasks as f64;
-            println!(
-                "| Python `CloudTasksClient.create_task` | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | | |",
-                python.tasks as f64 / python.wall_s,
-                python_cpu_per_task,
-                python_user_per_task,
-                python.p50_us,
-                python.p99_us,
-                python.max_rss_kb as f64 / 1024.0
-            );
-            // The raw stub's rows show how far any client on this stack can get: a ratio the
-            // raw stub itself misses is out of reach of the client's own code.
-            let rust_rows = [
-                (
-                    "Rust `create_document_processing_task`, multi-thread runtime",
-                    Measured::median(&results[0][1]),
-                ),
+    println!(
+        "\n## Official Python client (google-cloud-tasks 2.26 over grpcio), same concurrencies\n"
+    );
+    println!(
+        "Python: N threads sharing one client, sequential calls each; Rust: the rows above (N \
+         Tokio tasks on one client), and at concurrency 1 also on a current-thread runtime.\n"
+    );
+    println!(
+        "| concurrency | client | tasks/s | client CPU/task (µs) | of which user (µs) | p50 latency (µs) | p99 latency (µs) | peak RSS (MB) | Python/Rust CPU per task [>= 10] | Python/Rust user CPU per task |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for rows in &results {
+        let concurrency = rows[0][0].concurrency;
+        let python = match python_client(&server.host, sizes.per_task, concurrency) {
+            Ok(python) => python,
+            Err(reason) => {
+                println!("| {concurrency} | Python: skipped: {reason} | | | | | | | | |");
+                break;
+            }
+        };
+        let python_cpu_per_task = python.cpu_s * 1e6 / python.tasks as f64;
+        let python_user_per_task = python.user_s * 1e6 / python.tasks as f64;
+        println!(
+            "| {concurrency} | Python `CloudTasksClient.create_task` | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | | |",
+            python.tasks as f64 / python.wall_s,
+            python_cpu_per_task,
+            python_user_per_task,
+            python.p50_us,
+            python.p99_us,
+            python.max_rss_kb as f64 / 1024.0
+        );
+        // The raw stub's rows show what the generated stub on tonic's own channel costs.
+        let mut rust_rows = vec![
+            (
+                "Rust `create_document_processing_task`, multi-thread runtime",
+                Measured::median(&rows[1]),
+            ),
+            (
+                "raw tonic stub, multi-thread runtime",
+                Measured::median(&rows[0]),
+            ),
+        ];
+        if concurrency == 1 {
+            rust_rows.insert(
+                1,
                 (
                     "Rust `create_document_processing_task`, current-thread runtime",
                     Measured::median(&single[1]),
                 ),
-                (
-                    "raw tonic stub (bound for any client), multi-thread runtime",
-                    Measured::median(&results[0][0]),
-                ),
-                (
-                    "raw tonic stub (bound for any client), current-thread runtime",
-                    Measured::median(&single[0]),
-                ),
-            ];
-            for (client, rust) in rust_rows {
-                println!(
-                    "| {client} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
-                    rust.tasks_per_s(),
-                    rust.cpu_per_task_us(),
-                    rust.user_per_task_us(),
-                    rust.p50_us,
-                    rust.p99_us,
-                    rust.peak_rss_kb as f64 / 1024.0,
-                    python_cpu_per_task / rust.cpu_per_task_us(),
-                    python_user_per_task / rust.user_per_task_us()
-                );
-            }
+            );
+            rust_rows.push((
+                "raw tonic stub, current-thread runtime",
+                Measured::median(&single[0]),
+            ));
         }
-        Err(reason) => println!("skipped: {reason}"),
+        for (client, rust) in rust_rows {
+            println!(
+                "| {concurrency} | {client} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} |",
+                rust.tasks_per_s(),
+                rust.cpu_per_task_us(),
+                rust.user_per_task_us(),
+                rust.p50_us,
+                rust.p99_us,
+                rust.peak_rss_kb as f64 / 1024.0,
+                python_cpu_per_task / rust.cpu_per_task_us(),
+                python_user_per_task / rust.user_per_task_us()
+            );
+        }
     }
     server.stop();
 }
@@ -788,7 +803,7 @@ fn install_python_client(venv: &Path) -> Result<(), String> {
     })
 }
 
-fn python_client(host: &str, tasks: usize) -> Result<PythonRun, String> {
+fn python_client(host: &str, tasks: usize, concurrency: usize) -> Result<PythonRun, String> {
     let python = std::env::var_os("BENCH_PYTHON")
         .map_or_else(|| target_dir().join("pyenv/bin/python"), PathBuf::from);
     if !python.exists() && std::env::var_os("BENCH_PYTHON").is_none() {
@@ -799,6 +814,7 @@ fn python_client(host: &str, tasks: usize) -> Result<PythonRun, String> {
         .arg(script)
         .arg(host)
         .arg(tasks.to_string())
+        .arg(concurrency.to_string())
         .output()
         .map_err(|error| format!("cannot run {}: {error}", python.display()))?;
     if !output.status.success() {

@@ -1,15 +1,21 @@
 """Measures the official Python client (google-cloud-tasks over grpcio) the way benches/enqueue.rs
-measures the Rust one: sequential CreateTask calls (concurrency 1) against the same mock server,
-building each task as the Python backend did, with process CPU time from getrusage around the
-timed loop only (imports, client construction and warm-up excluded).
+measures the Rust one: CreateTask calls against the same mock server, building each task as the
+Python backend did, with process CPU time from getrusage around the timed loop only (imports,
+client construction and warm-up excluded).
 
-Usage: python benches/python_client.py HOST:PORT TASKS
-Prints one JSON object: tasks, wall_s, cpu_s, user_s, p50_us, p99_us, max_rss_kb.
+Concurrency N means N threads sharing one client (one grpcio channel), each taking the next call
+from a shared counter: what a synchronous backend (a thread pool of request handlers) does under
+load, and the same shape as the Rust benchmark's N tasks on one channel.
+
+Usage: python benches/python_client.py HOST:PORT TASKS [CONCURRENCY]
+Prints one JSON object: tasks, concurrency, wall_s, cpu_s, user_s, p50_us, p99_us, max_rss_kb.
 """
 
+import itertools
 import json
 import resource
 import sys
+import threading
 import time
 import uuid
 
@@ -47,26 +53,54 @@ def cpu_seconds():
     return usage.ru_utime + usage.ru_stime, usage.ru_utime
 
 
+def run_calls(client, count, concurrency):
+    """Makes `count` calls with `concurrency` in flight; returns each call's latency (s)."""
+    if concurrency == 1:
+        latencies = []
+        for index in range(count):
+            started = time.perf_counter()
+            create_document_processing_task(client, uuid.uuid4(), f"scan-{index}.pdf")
+            latencies.append(time.perf_counter() - started)
+        return latencies
+    # next() on itertools.count is atomic under the GIL: each index is taken once.
+    indexes = itertools.count()
+    per_thread = []
+
+    def worker():
+        latencies = []
+        per_thread.append(latencies)
+        while (index := next(indexes)) < count:
+            started = time.perf_counter()
+            create_document_processing_task(client, uuid.uuid4(), f"scan-{index}.pdf")
+            latencies.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return [latency for latencies in per_thread for latency in latencies]
+
+
 def main():
     host, count = sys.argv[1], int(sys.argv[2])
+    concurrency = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     channel = grpc.insecure_channel(host)
     client = tasks_v2.CloudTasksClient(transport=CloudTasksGrpcTransport(channel=channel))
     for index in range(50):
         create_document_processing_task(client, uuid.uuid4(), f"warmup-{index}.pdf")
-    latencies = []
     cpu_before, wall_before = cpu_seconds(), time.perf_counter()
-    for index in range(count):
-        started = time.perf_counter()
-        create_document_processing_task(client, uuid.uuid4(), f"scan-{index}.pdf")
-        latencies.append(time.perf_counter() - started)
+    latencies = run_calls(client, count, concurrency)
     wall = time.perf_counter() - wall_before
     cpu_after = cpu_seconds()
+    assert len(latencies) == count, (len(latencies), count)
     cpu, user = cpu_after[0] - cpu_before[0], cpu_after[1] - cpu_before[1]
     latencies.sort()
     print(
         json.dumps(
             {
                 "tasks": count,
+                "concurrency": concurrency,
                 "wall_s": wall,
                 "cpu_s": cpu,
                 "user_s": user,
