@@ -203,9 +203,7 @@ impl Shared {
         let end_of_stream = body.is_empty();
         let (response, mut stream) = sender
             .send_request(http::Request::from_parts(parts, ()), end_of_stream)
-            // The stream was not opened (the connection closed since the check): nothing of this
-            // request was queued. The next call connects again.
-            .map_err(|error| Box::new(tonic::ConnectError(Box::new(error))))?;
+            .map_err(refused)?;
         if !end_of_stream {
             // Queued behind the HEADERS before the connection task runs, so both go out in one
             // write; h2 waits for flow-control capacity itself if the body is larger.
@@ -291,6 +289,19 @@ where
         }
     });
     Ok(sender)
+}
+
+/// h2 refused to open the stream, so nothing of the request was queued. If the connection had
+/// closed since the check (a GOAWAY, a reset), that is a connection failure: safe to send again,
+/// and the next call connects again. Anything else is a request h2 cannot send at all.
+fn refused(error: h2::Error) -> BoxError {
+    if error.is_io() || error.is_go_away() {
+        Box::new(tonic::ConnectError(Box::new(error)))
+    } else {
+        Box::new(Status::internal(format!(
+            "HTTP/2 refused to send the request: {error}"
+        )))
+    }
 }
 
 /// An HTTP/2 failure once the request may have been sent, as gRPC's HTTP/2 mapping says
