@@ -4,10 +4,11 @@
 //! Why not tonic's `Channel`: it queues each request through a `tower::buffer` worker task and
 //! hyper's dispatch task before h2 sees it, and hyper waits for a new stream to be opened on
 //! the connection before it hands over the body, so every call costs two extra task hand-offs
-//! and two writes (HEADERS, then DATA). Here the caller's task puts the request and its whole
-//! body (a unary call's message, already encoded by tonic) on the h2 stream itself, and the
-//! connection task writes both frames in one system call. On loopback that is a third less CPU
-//! per call than tonic's own stack (PERFORMANCE.md).
+//! and three writes (HEADERS, DATA, and an empty END_STREAM frame, as tonic's body reports its
+//! end one poll late). Here the caller's task puts the request and its whole body (a unary
+//! call's message, already encoded by tonic) on the h2 stream itself, and the connection task
+//! writes both frames in one system call. On loopback that is 10% fewer instructions and 10 to
+//! 20% less CPU per call than the generated stub on tonic's own channel (PERFORMANCE.md).
 //!
 //! What it keeps from `Channel`: a connection made on first use and shared by every clone,
 //! made again after it breaks (an idle timeout, a server restart, a GOAWAY), a connect timeout,
