@@ -15,7 +15,7 @@ use crate::error::{self, CallContext, Error};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use crate::retry::{self, Attempted, Idempotency, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask};
-use crate::transport::Http2Channel;
+use crate::transport::{Http2Channel, SetupError};
 
 /// Google's global Cloud Tasks endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://cloudtasks.googleapis.com";
@@ -670,30 +670,26 @@ fn connect_lazily(
     tls: Option<Option<Vec<u8>>>,
     connect_timeout: Duration,
 ) -> Result<Http2Channel, Error> {
-    // A URI that does not parse is reported by the channel, with the parser's reason.
-    let plaintext = endpoint
-        .parse::<http::Uri>()
-        .is_ok_and(|uri| uri.scheme() != Some(&http::uri::Scheme::HTTPS));
-    if tls.is_some() && plaintext {
-        return Err(Error::Config(crate::ConfigError::new(vec![
-            crate::error::ConfigProblem {
-                setting: "endpoint",
-                message: format!(
-                    "endpoint {endpoint:?} must use https://; plaintext is only for emulators \
-                     (set CLOUD_TASKS_EMULATOR_HOST=host:port)"
-                ),
-            },
-        ])));
-    }
     Http2Channel::lazy(
         endpoint,
         tls.as_ref().map(Option::as_deref),
         connect_timeout,
         USER_AGENT,
     )
-    .map_err(|source| Error::Transport {
-        endpoint: endpoint.to_owned(),
-        source: Box::new(source),
+    .map_err(|source| match source {
+        SetupError::NotHttps => {
+            Error::Config(crate::ConfigError::new(vec![crate::error::ConfigProblem {
+                setting: "endpoint",
+                message: format!(
+                    "endpoint {endpoint:?} must use https://; plaintext is only for emulators \
+                     (set CLOUD_TASKS_EMULATOR_HOST=host:port)"
+                ),
+            }]))
+        }
+        source => Error::Transport {
+            endpoint: endpoint.to_owned(),
+            source: Box::new(source),
+        },
     })
 }
 

@@ -75,6 +75,9 @@ pub(crate) enum SetupError {
     Uri(String),
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    /// TLS was asked for an endpoint that is not `https`.
+    #[error("a TLS connection needs an https:// endpoint")]
+    NotHttps,
 }
 
 impl std::fmt::Debug for Http2Channel {
@@ -104,6 +107,9 @@ impl Http2Channel {
         else {
             return Err(SetupError::Uri("it needs a scheme and a host".to_owned()));
         };
+        if tls.is_some() && scheme != Scheme::HTTPS {
+            return Err(SetupError::NotHttps);
+        }
         let port = authority
             .port_u16()
             .unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
