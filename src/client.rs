@@ -15,7 +15,7 @@ use crate::error::{self, CallContext, Error};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use crate::retry::{self, Attempted, Idempotency, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask};
-use crate::transport::{Http2Channel, SetupError};
+use crate::transport::{Http2Channel, Security, SetupError};
 
 /// Google's global Cloud Tasks endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://cloudtasks.googleapis.com";
@@ -633,11 +633,13 @@ impl ClientBuilder {
                 (endpoint, auth)
             }
         };
-        let tls = match auth {
-            Auth::Google(_) => Some(self.ca_certificate_pem),
-            Auth::None => None,
+        let security = match auth {
+            Auth::Google(_) => Security::Tls {
+                extra_ca: self.ca_certificate_pem.as_deref(),
+            },
+            Auth::None => Security::Plaintext,
         };
-        let channel = connect_lazily(&endpoint, tls, self.connect_timeout)?;
+        let channel = connect_lazily(&endpoint, security, self.connect_timeout)?;
         Ok(CloudTasksClient {
             inner: Arc::new(Inner {
                 call_headers: auth::queue_call_headers(target.queue_path()),
@@ -663,33 +665,28 @@ fn grpc_timeout_header(timeout: Duration) -> Option<HeaderValue> {
     request.into_parts().0.into_headers().remove(GRPC_TIMEOUT)
 }
 
-/// A channel that connects on first use. With `tls`, the endpoint must be `https` and is
-/// verified against the system and webpki roots, plus the extra CA if one is given.
+/// A channel that connects on first use; with TLS, the endpoint must be `https`.
 fn connect_lazily(
     endpoint: &str,
-    tls: Option<Option<Vec<u8>>>,
+    security: Security<'_>,
     connect_timeout: Duration,
 ) -> Result<Http2Channel, Error> {
-    Http2Channel::lazy(
-        endpoint,
-        tls.as_ref().map(Option::as_deref),
-        connect_timeout,
-        USER_AGENT,
-    )
-    .map_err(|source| match source {
-        SetupError::NotHttps => {
-            Error::Config(crate::ConfigError::new(vec![crate::error::ConfigProblem {
-                setting: "endpoint",
-                message: format!(
-                    "endpoint {endpoint:?} must use https://; plaintext is only for emulators \
+    Http2Channel::lazy(endpoint, security, connect_timeout, USER_AGENT).map_err(|source| {
+        match source {
+            SetupError::NotHttps => {
+                Error::Config(crate::ConfigError::new(vec![crate::error::ConfigProblem {
+                    setting: "endpoint",
+                    message: format!(
+                        "endpoint {endpoint:?} must use https://; plaintext is only for emulators \
                      (set CLOUD_TASKS_EMULATOR_HOST=host:port)"
-                ),
-            }]))
+                    ),
+                }]))
+            }
+            source => Error::Transport {
+                endpoint: endpoint.to_owned(),
+                source: Box::new(source),
+            },
         }
-        source => Error::Transport {
-            endpoint: endpoint.to_owned(),
-            source: Box::new(source),
-        },
     })
 }
 

@@ -68,6 +68,15 @@ struct Tls {
     server_name: ServerName<'static>,
 }
 
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Security<'a> {
+    /// Plaintext HTTP/2: emulators only.
+    Plaintext,
+    /// TLS, verifying the server against the system and webpki roots, plus `extra_ca` (PEM).
+    Tls { extra_ca: Option<&'a [u8]> },
+}
+
 /// Why a channel could not be set up (a malformed endpoint, an unusable CA certificate).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SetupError {
@@ -91,12 +100,10 @@ impl std::fmt::Debug for Http2Channel {
 }
 
 impl Http2Channel {
-    /// A channel to `endpoint` (`scheme://host[:port]`) that connects on first use. With
-    /// `tls`, the server is verified against the system and webpki roots, plus `extra_ca` (PEM)
-    /// if given; without it, the connection is plaintext HTTP/2 (emulators only).
+    /// A channel to `endpoint` (`scheme://host[:port]`) that connects on first use.
     pub(crate) fn lazy(
         endpoint: &str,
-        tls: Option<Option<&[u8]>>,
+        security: Security<'_>,
         connect_timeout: Duration,
         user_agent: &'static str,
     ) -> Result<Self, SetupError> {
@@ -107,7 +114,7 @@ impl Http2Channel {
         else {
             return Err(SetupError::Uri("it needs a scheme and a host".to_owned()));
         };
-        if tls.is_some() && scheme != Scheme::HTTPS {
+        if matches!(security, Security::Tls { .. }) && scheme != Scheme::HTTPS {
             return Err(SetupError::NotHttps);
         }
         let port = authority
@@ -119,13 +126,13 @@ impl Http2Channel {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let tls = match tls {
-            Some(extra_ca) => Some(Tls {
+        let tls = match security {
+            Security::Tls { extra_ca } => Some(Tls {
                 connector: tokio_rustls::TlsConnector::from(Arc::new(tls_config(extra_ca)?)),
                 server_name: ServerName::try_from(host.clone())
                     .map_err(|error| SetupError::Tls(format!("server name {host:?}: {error}")))?,
             }),
-            None => None,
+            Security::Plaintext => None,
         };
         Ok(Self {
             shared: Arc::new(Shared {
@@ -375,7 +382,13 @@ mod tests {
     use super::*;
 
     fn channel(endpoint: &str) -> Http2Channel {
-        Http2Channel::lazy(endpoint, None, Duration::from_secs(1), "test").unwrap()
+        Http2Channel::lazy(
+            endpoint,
+            Security::Plaintext,
+            Duration::from_secs(1),
+            "test",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -403,9 +416,14 @@ mod tests {
     #[test]
     fn an_endpoint_without_scheme_or_host_is_refused() {
         for endpoint in ["cloudtasks.googleapis.com", "/path", "https://"] {
-            let error = Http2Channel::lazy(endpoint, None, Duration::from_secs(1), "test")
-                .map(|_| ())
-                .unwrap_err();
+            let error = Http2Channel::lazy(
+                endpoint,
+                Security::Plaintext,
+                Duration::from_secs(1),
+                "test",
+            )
+            .map(|_| ())
+            .unwrap_err();
             assert!(
                 error.to_string().contains("not a valid endpoint URI"),
                 "{endpoint}: {error}"
