@@ -1,8 +1,8 @@
 //! Enqueue benchmark: raw tonic stub vs `CloudTasksClient` per task vs the batch path, at
 //! concurrency 1, 16 and 64, against the mock server on loopback; then `enqueue-batch` of 100,000
-//! documents (peak RSS) and the official Python client at the same concurrencies (CPU per task). If valgrind is installed,
-//! also the user-space instructions per task of the raw stub and the client (callgrind), a
-//! figure that other load on the machine does not change.
+//! documents (peak RSS) and the official Python client at the same concurrencies (CPU per
+//! task). If valgrind is installed, also the user-space instructions per task of the raw stub
+//! and the client (callgrind), a figure that other load on the machine does not change.
 //!
 //! Run: `cargo bench --bench enqueue --features testing,cli` (see PERFORMANCE.md).
 //!
