@@ -125,12 +125,13 @@ fn main() {
         "\n## User-space instructions per task (callgrind), current-thread runtime, concurrency 1\n"
     );
     match instructions_per_task(&server.host) {
-        Ok((raw, client)) => {
+        Ok(InstructionCounts { raw, client, batch }) => {
             println!("| path | instructions/task |\n|---|---:|");
             println!("| raw tonic stub, CreateTask | {raw:.0} |");
             println!("| CloudTasksClient, CreateTask per task | {client:.0} |");
+            println!("| CloudTasksClient, BatchCreateTasks x100 | {batch:.0} |");
             println!(
-                "\nclient/raw instructions per task {:.3} ({INSTRUCTION_COUNT_CALLS} calls each; \
+                "\nclient/raw instructions per task {:.3} ({INSTRUCTION_COUNT_CALLS} tasks each; \
                  repeatable to about 1%, whatever else runs on the machine)",
                 client / raw
             );
@@ -272,17 +273,7 @@ fn run_paths(
                 move |index| {
                     let client = batch_client.clone();
                     async move {
-                        let documents = (0..100).map(|offset| ProcessDocumentPayload {
-                            document_id: Uuid::new_v4(),
-                            filename: format!("scan-{}.pdf", index * 100 + offset),
-                        });
-                        let outcomes = client
-                            .create_document_processing_tasks(
-                                documents,
-                                BatchOptions::new().with_concurrency(1),
-                            )
-                            .await;
-                        assert!(outcomes.iter().all(|outcome| outcome.is_created()));
+                        client_create_batch(client, index).await;
                     }
                 },
             )));
@@ -327,17 +318,36 @@ async fn client_create_task(client: CloudTasksClient, index: usize) {
         .unwrap();
 }
 
+/// One call of the batch path: the `index`-th batch of 100 documents, one `BatchCreateTasks`.
+async fn client_create_batch(client: CloudTasksClient, index: usize) {
+    let documents = (0..100).map(|offset| ProcessDocumentPayload {
+        document_id: Uuid::new_v4(),
+        filename: format!("scan-{}.pdf", index * 100 + offset),
+    });
+    let outcomes = client
+        .create_document_processing_tasks(documents, BatchOptions::new().with_concurrency(1))
+        .await;
+    assert!(outcomes.iter().all(|outcome| outcome.is_created()));
+}
+
 /// Tasks per path for the instruction counts: enough that connection setup and warm-up are
 /// excluded and per-call variation averages out, few enough for callgrind's ~50x slowdown.
 const INSTRUCTION_COUNT_CALLS: usize = 2_000;
 
-/// User-space instructions per task of the raw stub and of the client (`(raw, client)`), each
-/// counted by callgrind over `INSTRUCTION_COUNT_CALLS` sequential calls on a current-thread
-/// runtime against the same server. Unlike CPU time, the count does not depend on what else
+/// User-space instructions per task of each path, counted by callgrind.
+struct InstructionCounts {
+    raw: f64,
+    client: f64,
+    batch: f64,
+}
+
+/// User-space instructions per task of the raw stub, the client and the batch path, each
+/// counted by callgrind over `INSTRUCTION_COUNT_CALLS` tasks sent one call after another (one
+/// task a call, or 100 for the batch path) on a current-thread runtime against the same server. Unlike CPU time, the count does not depend on what else
 /// runs on the machine, so their ratio is repeatable to within a fraction of a percent; it
 /// leaves out kernel time (the system calls and loopback TCP work), which is the same for both.
-fn instructions_per_task(host: &str) -> Result<(f64, f64), String> {
-    let count = |path: &str| -> Result<f64, String> {
+fn instructions_per_task(host: &str) -> Result<InstructionCounts, String> {
+    let count = |path: &str, tasks_per_call: usize| -> Result<f64, String> {
         let out_file = target_dir().join(format!("bench-callgrind-{path}.out"));
         let output = Command::new("valgrind")
             // Valgrind counts every iteration of `rep movsb` as an instruction, so glibc's
@@ -354,7 +364,7 @@ fn instructions_per_task(host: &str) -> Result<(f64, f64), String> {
             .arg(format!("--callgrind-out-file={}", out_file.display()))
             .arg(std::env::current_exe().unwrap())
             .args(["__instructions", path, host])
-            .arg(INSTRUCTION_COUNT_CALLS.to_string())
+            .arg((INSTRUCTION_COUNT_CALLS / tasks_per_call).to_string())
             .stdout(Stdio::null())
             .output()
             .map_err(|error| format!("cannot run valgrind ({error}); install it to get counts"))?;
@@ -376,7 +386,11 @@ fn instructions_per_task(host: &str) -> Result<(f64, f64), String> {
             .ok_or("no instruction total in the callgrind output")?;
         Ok(total as f64 / INSTRUCTION_COUNT_CALLS as f64)
     };
-    Ok((count("raw")?, count("client")?))
+    Ok(InstructionCounts {
+        raw: count("raw", 1)?,
+        client: count("client", 1)?,
+        batch: count("batch", 100)?,
+    })
 }
 
 /// `__instructions PATH HOST CALLS`, run under callgrind by `instructions_per_task`: `CALLS`
@@ -393,6 +407,7 @@ fn run_for_instruction_count(path: &str, host: &str, calls: usize) {
         async move {
             match path {
                 "raw" => raw_create_task(raw).await,
+                "batch" => client_create_batch(client, index).await,
                 _ => client_create_task(client, index).await,
             }
         }
