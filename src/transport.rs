@@ -14,6 +14,13 @@
 //! made again after it breaks (an idle timeout, a server restart, a GOAWAY), a connect timeout,
 //! TLS with the system and webpki roots, and connection failures reported as
 //! [`tonic::ConnectError`], which the crate reads as "nothing was sent".
+//!
+//! What it adds: a connection that stops answering without closing (a dropped NAT mapping, a
+//! peer gone without a FIN) would otherwise take every later call until the kernel gives up on
+//! it, many minutes later. When a call is abandoned while waiting for its answer (its deadline
+//! passed), the connection is sent an HTTP/2 PING; with no answer within the connect timeout it
+//! is closed, its calls fail at once, and the next call connects again. A server that is only
+//! slow answers the PING and keeps its connection.
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -23,6 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use h2::client::SendRequest;
+use h2::{Ping, PingPong};
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 use http_body::Frame;
@@ -58,7 +66,7 @@ struct Shared {
     connect_timeout: Duration,
     user_agent: HeaderValue,
     /// The current connection, if one was made; a clone of it sends each call.
-    connection: Mutex<Option<SendRequest<Bytes>>>,
+    connection: Mutex<Option<Connection>>,
     /// Held while connecting, so that calls arriving together make one connection.
     connecting: tokio::sync::Mutex<()>,
 }
@@ -66,6 +74,20 @@ struct Shared {
 struct Tls {
     connector: tokio_rustls::TlsConnector,
     server_name: ServerName<'static>,
+}
+
+/// One HTTP/2 connection: the handle calls are opened on, and what checks it is alive.
+#[derive(Clone)]
+struct Connection {
+    sender: SendRequest<Bytes>,
+    health: Arc<Health>,
+}
+
+struct Health {
+    /// h2 allows one PING of ours in flight; the lock makes checks take turns.
+    pings: tokio::sync::Mutex<PingPong>,
+    /// The task that drives the connection; aborting it closes the connection.
+    task: tokio::task::AbortHandle,
 }
 
 /// How the connection is protected.
@@ -213,7 +235,7 @@ impl Shared {
             .headers
             .insert(http::header::USER_AGENT, self.user_agent.clone());
 
-        let mut sender = self.ready_connection().await?;
+        let Connection { mut sender, health } = self.ready_connection().await?;
         let end_of_stream = body.is_empty();
         let (response, mut stream) = sender
             .send_request(http::Request::from_parts(parts, ()), end_of_stream)
@@ -223,15 +245,20 @@ impl Shared {
             // write; h2 waits for flow-control capacity itself if the body is larger.
             stream.send_data(body, true).map_err(call_failed)?;
         }
-        let response = response.await.map_err(call_failed)?;
-        Ok(response.map(|body| ResponseBody {
+        let abandoned = CheckIfAbandoned {
+            health: Some(health),
+            ping_timeout: self.connect_timeout,
+        };
+        let response = response.await;
+        abandoned.answered();
+        Ok(response.map_err(call_failed)?.map(|body| ResponseBody {
             body,
             data_done: false,
         }))
     }
 
     /// The shared connection, made (again) if there is none or it has closed.
-    async fn ready_connection(&self) -> Result<SendRequest<Bytes>, BoxError> {
+    async fn ready_connection(&self) -> Result<Connection, BoxError> {
         if let Some(sender) = self.live_connection().await {
             return Ok(sender);
         }
@@ -240,8 +267,8 @@ impl Shared {
         if let Some(sender) = self.live_connection().await {
             return Ok(sender);
         }
-        let sender = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
-            Ok(Ok(sender)) => sender,
+        let connection = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(Ok(connection)) => connection,
             Ok(Err(error)) => return Err(Box::new(tonic::ConnectError(error))),
             Err(_) => {
                 return Err(Box::new(tonic::ConnectError(Box::new(
@@ -252,25 +279,26 @@ impl Shared {
                 ))));
             }
         };
-        *self.lock_connection() = Some(sender.clone());
-        Ok(sender)
+        *self.lock_connection() = Some(connection.clone());
+        Ok(connection)
     }
 
     /// A clone of the current connection if it is still open. A clone has no stream of its
     /// own pending, so `ready` only checks the connection and does not wait.
-    async fn live_connection(&self) -> Option<SendRequest<Bytes>> {
-        let sender = self.lock_connection().clone()?;
-        sender.ready().await.ok()
+    async fn live_connection(&self) -> Option<Connection> {
+        let Connection { sender, health } = self.lock_connection().clone()?;
+        let sender = sender.ready().await.ok()?;
+        Some(Connection { sender, health })
     }
 
-    fn lock_connection(&self) -> std::sync::MutexGuard<'_, Option<SendRequest<Bytes>>> {
+    fn lock_connection(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
         // The guarded value is replaced whole, so a panic elsewhere cannot leave it half-made.
         self.connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Bytes>, BoxError> {
+    async fn connect(&self) -> Result<Connection, BoxError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
         // Each call is one small write; waiting to coalesce it only adds latency.
         tcp.set_nodelay(true)?;
@@ -286,23 +314,76 @@ impl Shared {
 
 /// Starts HTTP/2 on `io` and runs the connection on its own task, which ends when the
 /// connection closes or every handle on it (the client's and its calls') is dropped.
-async fn handshake<T>(io: T) -> Result<SendRequest<Bytes>, BoxError>
+async fn handshake<T>(io: T) -> Result<Connection, BoxError>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (sender, connection) = h2::client::Builder::new()
+    let (sender, mut connection) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .handshake(io)
         .await?;
-    tokio::spawn(async move {
+    let pings = connection
+        .ping_pong()
+        .expect("a new connection's PING handle is taken once, here");
+    let task = tokio::spawn(async move {
         // Calls on it see the error themselves; the next call makes a new connection.
         if let Err(error) = connection.await {
             tracing::debug!(%error, "HTTP/2 connection to Cloud Tasks closed");
         }
     });
-    Ok(sender)
+    Ok(Connection {
+        sender,
+        health: Arc::new(Health {
+            pings: tokio::sync::Mutex::new(pings),
+            task: task.abort_handle(),
+        }),
+    })
+}
+
+/// Held while a call waits for its answer: dropped before [`CheckIfAbandoned::answered`], the
+/// call was abandoned (its deadline passed, or its caller gave up), and the connection is
+/// checked with a PING.
+struct CheckIfAbandoned {
+    health: Option<Arc<Health>>,
+    ping_timeout: Duration,
+}
+
+impl CheckIfAbandoned {
+    fn answered(mut self) {
+        self.health = None;
+    }
+}
+
+impl Drop for CheckIfAbandoned {
+    fn drop(&mut self) {
+        let Some(health) = self.health.take() else {
+            return;
+        };
+        // Outside a runtime (the runtime itself shutting down) there is nothing left to save.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ping_timeout = self.ping_timeout;
+        runtime.spawn(async move {
+            // A check already running answers for this call too.
+            let Ok(mut pings) = health.pings.try_lock() else {
+                return;
+            };
+            let ping = tokio::time::timeout(ping_timeout, pings.ping(Ping::opaque())).await;
+            if !matches!(ping, Ok(Ok(_))) {
+                tracing::warn!(
+                    ?ping_timeout,
+                    "the connection to Cloud Tasks did not answer a PING after a call was \
+                     abandoned; closing it, the next call connects again"
+                );
+                // Dropping the connection fails the calls still on it and makes the next call
+                // connect again.
+                health.task.abort();
+            }
+        });
+    }
 }
 
 /// h2 refused to open the stream, so nothing of the request was queued. If the connection had

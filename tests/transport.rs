@@ -4,11 +4,17 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloud_tasks::proto::{MessageType, Task};
+use cloud_tasks::testing::{Fault, MockCloudTasks};
 use cloud_tasks::{BatchOptions, Error, HttpTask, Uuid};
 use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 /// The largest body a task may have, less room for the rest of the task.
 const LARGE_BODY: usize = 95 * 1024;
@@ -159,4 +165,138 @@ fn a_client_outlives_the_runtime_of_its_connection() {
     }
     assert_eq!(server.tasks().len(), 2);
     assert_eq!(server.connections(), 2, "one connection per runtime");
+}
+
+/// A TCP proxy to a server whose connections can be frozen: a frozen connection stays open and
+/// passes nothing on, like one behind a dropped NAT mapping or to a peer that vanished.
+struct FreezingProxy {
+    host: String,
+    /// One flag per connection accepted so far.
+    connections: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl FreezingProxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let outbound = TcpStream::connect(target).await.unwrap();
+                let frozen = Arc::new(AtomicBool::new(false));
+                accepted.lock().unwrap().push(Arc::clone(&frozen));
+                let (inbound_read, inbound_write) = inbound.into_split();
+                let (outbound_read, outbound_write) = outbound.into_split();
+                tokio::spawn(forward(inbound_read, outbound_write, Arc::clone(&frozen)));
+                tokio::spawn(forward(outbound_read, inbound_write, frozen));
+            }
+        });
+        Self { host, connections }
+    }
+
+    fn freeze_all(&self) {
+        for frozen in self.connections.lock().unwrap().iter() {
+            frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            // Hold both sockets open and pass nothing on, ever.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A connection that stops passing anything on without closing is found out by the call that
+/// times out on it (a PING it does not answer) and replaced: the next call succeeds on a new
+/// connection instead of waiting on the dead one.
+#[tokio::test]
+async fn a_connection_that_stops_answering_is_replaced() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let proxy = FreezingProxy::start(server.addr()).await;
+    let client = builder()
+        .with_emulator_host(&proxy.host)
+        .with_attempt_timeout(Duration::from_millis(300))
+        .with_connect_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    client
+        .create_document_processing_task(Uuid::new_v4(), "before.pdf")
+        .await
+        .unwrap();
+
+    proxy.freeze_all();
+    let error = client
+        .create_document_processing_task(Uuid::new_v4(), "frozen.pdf")
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error:?}");
+    // The PING's timeout (the connect timeout) passes, and the connection is closed.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    client
+        .create_document_processing_task(Uuid::new_v4(), "after.pdf")
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy.connections(),
+        2,
+        "a new connection replaced the frozen one"
+    );
+    assert_eq!(server.tasks().len(), 2);
+}
+
+/// A server that is only slow answers the PING, and keeps its connection.
+#[tokio::test]
+async fn a_slow_server_keeps_its_connection() {
+    let (server, _) = mock_and_client().await;
+    let client = builder()
+        .with_emulator_host(server.host())
+        .with_attempt_timeout(Duration::from_millis(200))
+        .with_connect_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    client
+        .create_document_processing_task(Uuid::new_v4(), "before.pdf")
+        .await
+        .unwrap();
+    server.push_fault(Fault::Delay(Duration::from_millis(700)));
+    let error = client
+        .create_document_processing_task(Uuid::new_v4(), "slow.pdf")
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error:?}");
+    // Longer than the PING's timeout: had the PING gone unanswered, the connection would be
+    // closed by now.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    client
+        .create_document_processing_task(Uuid::new_v4(), "after.pdf")
+        .await
+        .unwrap();
+    assert_eq!(
+        server.connections(),
+        1,
+        "the slow server's connection was kept"
+    );
 }
