@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cloud_tasks::proto::{MessageType, Task};
 use cloud_tasks::testing::{Fault, MockCloudTasks};
-use cloud_tasks::{BatchOptions, Error, HttpTask, Uuid};
+use cloud_tasks::{BatchOptions, CallOptions, DocumentTask, Error, HttpTask, Uuid};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -264,6 +264,42 @@ async fn a_connection_that_stops_answering_is_replaced() {
         "a new connection replaced the frozen one"
     );
     assert_eq!(server.tasks().len(), 2);
+}
+
+/// A de-duplicated enqueue caught on a connection that stops answering is retried, and once
+/// the connection is closed the retry goes to a new one: the document is enqueued once.
+#[tokio::test]
+async fn a_deduplicated_enqueue_outlives_a_connection_that_stops_answering() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let proxy = FreezingProxy::start(server.addr()).await;
+    let client = builder()
+        .with_emulator_host(&proxy.host)
+        .with_attempt_timeout(Duration::from_millis(300))
+        .with_total_timeout(Duration::from_secs(5))
+        .with_connect_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    client
+        .create_document_processing_task(Uuid::new_v4(), "before.pdf")
+        .await
+        .unwrap();
+
+    proxy.freeze_all();
+    let document = DocumentTask::new(Uuid::new_v4(), "report.pdf").deduplicated();
+    let task_name = client.task_name(document.task_id().unwrap());
+    let enqueued = client
+        .enqueue_document(document, &CallOptions::new())
+        .await
+        .unwrap();
+    assert!(enqueued.was_created(), "{enqueued:?}");
+    assert_eq!(enqueued.task_name(), task_name);
+    assert_eq!(proxy.connections(), 2);
+    let stored = server.tasks();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(
+        stored.iter().filter(|task| task.name == task_name).count(),
+        1
+    );
 }
 
 /// A server that is only slow answers the PING, and keeps its connection.
