@@ -259,13 +259,13 @@ impl Shared {
 
     /// The shared connection, made (again) if there is none or it has closed.
     async fn ready_connection(&self) -> Result<Connection, BoxError> {
-        if let Some(sender) = self.live_connection().await {
-            return Ok(sender);
+        if let Some(connection) = self.live_connection().await {
+            return Ok(connection);
         }
         let _connecting = self.connecting.lock().await;
         // Another call may have connected while this one waited.
-        if let Some(sender) = self.live_connection().await {
-            return Ok(sender);
+        if let Some(connection) = self.live_connection().await {
+            return Ok(connection);
         }
         let connection = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
             Ok(Ok(connection)) => connection,
