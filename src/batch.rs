@@ -131,9 +131,10 @@ impl BatchOptions {
         self
     }
 
-    /// Names each document's task after the document ([`document_task_id`]), so a document that
-    /// was already enqueued within about an hour is reported as [`Outcome::AlreadyExists`]
-    /// instead of being enqueued twice. Applies to documents, not to [`HttpTask`]s, which carry
+    /// Names each document's task after the document
+    /// ([`document_task_id`](crate::document_task_id)), so a document that was already enqueued
+    /// within about an hour is reported as [`Outcome::AlreadyExists`] instead of being enqueued
+    /// twice. Applies to documents, not to [`HttpTask`]s, which carry
     /// their own ID if they want one.
     pub const fn with_dedupe(mut self, dedupe: bool) -> Self {
         self.dedupe = dedupe;
