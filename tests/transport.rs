@@ -251,13 +251,21 @@ async fn a_connection_that_stops_answering_is_replaced() {
         .await
         .unwrap_err();
     assert!(error.is_timeout(), "{error:?}");
-    // The PING's timeout (the connect timeout) passes, and the connection is closed.
-    tokio::time::sleep(Duration::from_millis(400)).await;
 
-    client
+    // Once the PING's timeout (the connect timeout) has passed, the frozen connection is closed
+    // and the next call goes to a new one. Calls made before that still go to the frozen
+    // connection and fail (a timeout, or UNAVAILABLE when the check closes it under them);
+    // without the check, every call would time out on it.
+    let started = Instant::now();
+    while let Err(error) = client
         .create_document_processing_task(Uuid::new_v4(), "after.pdf")
         .await
-        .unwrap();
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the frozen connection was not replaced: {error:?}"
+        );
+    }
     assert_eq!(
         proxy.connections(),
         2,
@@ -309,14 +317,14 @@ async fn a_slow_server_keeps_its_connection() {
     let client = builder()
         .with_emulator_host(server.host())
         .with_attempt_timeout(Duration::from_millis(200))
-        .with_connect_timeout(Duration::from_millis(500))
+        .with_connect_timeout(Duration::from_millis(1500))
         .build()
         .unwrap();
     client
         .create_document_processing_task(Uuid::new_v4(), "before.pdf")
         .await
         .unwrap();
-    server.push_fault(Fault::Delay(Duration::from_millis(700)));
+    server.push_fault(Fault::Delay(Duration::from_secs(2)));
     let error = client
         .create_document_processing_task(Uuid::new_v4(), "slow.pdf")
         .await
@@ -324,7 +332,7 @@ async fn a_slow_server_keeps_its_connection() {
     assert!(error.is_timeout(), "{error:?}");
     // Longer than the PING's timeout: had the PING gone unanswered, the connection would be
     // closed by now.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
 
     client
         .create_document_processing_task(Uuid::new_v4(), "after.pdf")
