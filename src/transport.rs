@@ -17,16 +17,17 @@
 //!
 //! What it adds: a connection that stops answering without closing (a dropped NAT mapping, a
 //! peer gone without a FIN) would otherwise take every later call until the kernel gives up on
-//! it, many minutes later. When a call is abandoned while waiting for its answer (its deadline
-//! passed), the connection is sent an HTTP/2 PING; with no answer within the connect timeout it
-//! is closed, its calls fail at once, and the next call connects again. A server that is only
+//! it, many minutes later. When a call is abandoned after waiting for its answer at least as long
+//! as the connect timeout (its deadline passed), the connection is sent an HTTP/2 PING; with no
+//! answer within the connect timeout it is closed, its calls fail at once, and the next call
+//! connects again. A server that is only
 //! slow answers the PING and keeps its connection.
 
 use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -247,6 +248,7 @@ impl Shared {
         }
         let abandoned = CheckIfAbandoned {
             health: Some(health),
+            sent: Instant::now(),
             ping_timeout: self.connect_timeout,
         };
         let response = response.await;
@@ -344,9 +346,12 @@ where
 
 /// Held while a call waits for its answer: dropped before [`CheckIfAbandoned::answered`], the
 /// call was abandoned (its deadline passed, or its caller gave up), and the connection is
-/// checked with a PING.
+/// checked with a PING, if the call waited at least as long as the PING may take: a call given
+/// up sooner says nothing about the connection, and a caller that often gives up quickly must
+/// not flood Cloud Tasks with PINGs (servers answer too many with GOAWAY).
 struct CheckIfAbandoned {
     health: Option<Arc<Health>>,
+    sent: Instant,
     ping_timeout: Duration,
 }
 
@@ -361,6 +366,9 @@ impl Drop for CheckIfAbandoned {
         let Some(health) = self.health.take() else {
             return;
         };
+        if self.sent.elapsed() < self.ping_timeout {
+            return;
+        }
         // Outside a runtime (the runtime itself shutting down) there is nothing left to save.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;

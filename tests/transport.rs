@@ -310,13 +310,44 @@ async fn a_deduplicated_enqueue_outlives_a_connection_that_stops_answering() {
     );
 }
 
+/// A call given up sooner than a PING may take says nothing about the connection and sends no
+/// PING: frequent quick cancellations must not flood the server with PINGs.
+#[tokio::test]
+async fn a_call_given_up_quickly_does_not_check_the_connection() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let proxy = FreezingProxy::start(server.addr()).await;
+    let client = builder()
+        .with_emulator_host(&proxy.host)
+        .with_attempt_timeout(Duration::from_millis(100))
+        .with_connect_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    client
+        .create_document_processing_task(Uuid::new_v4(), "before.pdf")
+        .await
+        .unwrap();
+
+    proxy.freeze_all();
+    for _ in 0..2 {
+        let error = client
+            .create_document_processing_task(Uuid::new_v4(), "frozen.pdf")
+            .await
+            .unwrap_err();
+        assert!(error.is_timeout(), "{error:?}");
+        // Longer than a PING's timeout: a check would have replaced the connection by now.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(proxy.connections(), 1, "no check, so no new connection");
+}
+
 /// A server that is only slow answers the PING, and keeps its connection.
 #[tokio::test]
 async fn a_slow_server_keeps_its_connection() {
     let (server, _) = mock_and_client().await;
     let client = builder()
         .with_emulator_host(server.host())
-        .with_attempt_timeout(Duration::from_millis(200))
+        // The call must wait at least the PING's timeout (the connect timeout) to be checked.
+        .with_attempt_timeout(Duration::from_millis(1600))
         .with_connect_timeout(Duration::from_millis(1500))
         .build()
         .unwrap();
@@ -324,7 +355,7 @@ async fn a_slow_server_keeps_its_connection() {
         .create_document_processing_task(Uuid::new_v4(), "before.pdf")
         .await
         .unwrap();
-    server.push_fault(Fault::Delay(Duration::from_secs(2)));
+    server.push_fault(Fault::Delay(Duration::from_secs(4)));
     let error = client
         .create_document_processing_task(Uuid::new_v4(), "slow.pdf")
         .await
