@@ -25,6 +25,7 @@
 
 use std::error::Error as StdError;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -68,8 +69,12 @@ struct Shared {
     user_agent: HeaderValue,
     /// The current connection, if one was made; a clone of it sends each call.
     connection: Mutex<Option<Connection>>,
-    /// Held while connecting, so that calls arriving together make one connection.
-    connecting: tokio::sync::Mutex<()>,
+    /// Held while connecting, so that calls arriving together make one connection; it holds
+    /// the error of the last attempt if that attempt failed.
+    connecting: tokio::sync::Mutex<Option<String>>,
+    /// Connection attempts started so far: tells a call that waited for `connecting` whether
+    /// another call tried to connect meanwhile.
+    attempts: AtomicU64,
 }
 
 struct Tls {
@@ -167,7 +172,8 @@ impl Http2Channel {
                 connect_timeout,
                 user_agent: HeaderValue::from_static(user_agent),
                 connection: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(()),
+                connecting: tokio::sync::Mutex::new(None),
+                attempts: AtomicU64::new(0),
             }),
         })
     }
@@ -264,25 +270,35 @@ impl Shared {
         if let Some(connection) = self.live_connection().await {
             return Ok(connection);
         }
-        let _connecting = self.connecting.lock().await;
+        let attempts_before = self.attempts.load(Ordering::Acquire);
+        let mut last_failure = self.connecting.lock().await;
         // Another call may have connected while this one waited.
         if let Some(connection) = self.live_connection().await {
             return Ok(connection);
         }
-        let connection = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(error)) => return Err(Box::new(tonic::ConnectError(error))),
-            Err(_) => {
-                return Err(Box::new(tonic::ConnectError(Box::new(
-                    std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("connecting took longer than {:?}", self.connect_timeout),
-                    ),
-                ))));
+        // Or failed to: its failure is this call's too, rather than another wait as long (calls
+        // queued behind an endpoint that does not answer would each wait the connect timeout
+        // in turn). The retry policy sends them again after its backoff.
+        if self.attempts.load(Ordering::Acquire) != attempts_before
+            && let Some(failure) = last_failure.as_ref()
+        {
+            return Err(connect_error(std::io::Error::other(failure.clone())));
+        }
+        self.attempts.fetch_add(1, Ordering::AcqRel);
+        let error = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(Ok(connection)) => {
+                *last_failure = None;
+                *self.lock_connection() = Some(connection.clone());
+                return Ok(connection);
             }
+            Ok(Err(error)) => error,
+            Err(_) => Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting took longer than {:?}", self.connect_timeout),
+            )),
         };
-        *self.lock_connection() = Some(connection.clone());
-        Ok(connection)
+        *last_failure = Some(error.to_string());
+        Err(connect_error(error))
     }
 
     /// A clone of the current connection if it is still open. A clone has no stream of its
@@ -394,12 +410,17 @@ impl Drop for CheckIfAbandoned {
     }
 }
 
+/// A failure to connect: nothing was sent, which [`tonic::ConnectError`] tells the crate.
+fn connect_error(error: impl Into<BoxError>) -> BoxError {
+    Box::new(tonic::ConnectError(error.into()))
+}
+
 /// h2 refused to open the stream, so nothing of the request was queued. If the connection had
 /// closed since the check (a GOAWAY, a reset), that is a connection failure: safe to send again,
 /// and the next call connects again. Anything else is a request h2 cannot send at all.
 fn refused(error: h2::Error) -> BoxError {
     if error.is_io() || error.is_go_away() {
-        Box::new(tonic::ConnectError(Box::new(error)))
+        connect_error(error)
     } else {
         Box::new(Status::internal(format!(
             "HTTP/2 refused to send the request: {error}"

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cloud_tasks::proto::{MessageType, Task};
 use cloud_tasks::testing::{Fault, MockCloudTasks};
-use cloud_tasks::{BatchOptions, CallOptions, DocumentTask, Error, HttpTask, Uuid};
+use cloud_tasks::{BatchOptions, CallOptions, DocumentTask, Error, HttpTask, RetryPolicy, Uuid};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -116,6 +116,46 @@ async fn a_handshake_that_never_finishes_is_bounded_by_the_connect_timeout() {
         message.contains("connecting took longer than 300ms"),
         "{message}"
     );
+    hold.abort();
+}
+
+/// Calls that arrive while a connection attempt hangs share its failure, instead of each waiting
+/// the connect timeout in turn behind it.
+#[tokio::test]
+async fn calls_waiting_on_a_hung_connection_attempt_share_its_failure() {
+    let tokens = token_endpoint(Some("token")).await;
+    let (host, hold) = silent_server().await;
+    let client = builder()
+        .with_endpoint(format!("https://{host}"))
+        .with_credentials(credentials(&tokens.url))
+        .with_connect_timeout(Duration::from_millis(300))
+        .with_total_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let once = CallOptions::new().with_retry_policy(RetryPolicy::default().with_max_attempts(1));
+    let started = Instant::now();
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, once) = (client.clone(), once.clone());
+            tokio::spawn(async move {
+                client
+                    .enqueue_document(DocumentTask::new(Uuid::new_v4(), "a.pdf"), &once)
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let error = call.await.unwrap().unwrap_err();
+        assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("connecting took longer than 300ms"),
+            "{message}"
+        );
+    }
+    // In turn, the eighth call would have failed after 8 x 300 ms.
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
     hold.abort();
 }
 
