@@ -17,11 +17,12 @@
 //!
 //! What it adds: a connection that stops answering without closing (a dropped NAT mapping, a
 //! peer gone without a FIN) would otherwise take every later call until the kernel gives up on
-//! it, many minutes later. When a call is abandoned after waiting for its answer at least as long
-//! as the connect timeout (its deadline passed), the connection is sent an HTTP/2 PING; with no
-//! answer within the connect timeout it is closed, its calls fail at once, and the next call
-//! connects again. A server that is only
-//! slow answers the PING and keeps its connection.
+//! it, many minutes later. When a call is abandoned after waiting for its answer at least as
+//! long as the connect timeout (its deadline passed), the connection is sent an HTTP/2 PING;
+//! with no answer within the connect timeout it is closed, its calls fail at once, and the next
+//! call connects again. A server that is only slow answers the PING and keeps its connection.
+//! And calls that wait while another call's connection attempt fails share that failure,
+//! rather than each waiting the connect timeout in turn.
 
 use std::error::Error as StdError;
 use std::pin::Pin;
