@@ -1,6 +1,7 @@
 //! The crate's own HTTP/2 connection (src/transport.rs): large messages under flow control,
-//! TLS failures and connect timeouts reported as "nothing was sent", bad endpoints and CA
-//! certificates refused when the client is built.
+//! TLS failures and connect timeouts reported as "nothing was sent" (and shared by the calls
+//! that waited on them), bad endpoints and CA certificates refused when the client is built, a
+//! connection that stops answering replaced while a slow one is kept.
 
 mod common;
 
