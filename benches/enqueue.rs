@@ -11,7 +11,7 @@
 //! the client's, and its peak RSS (VmHWM, reset through /proc/self/clear_refs before each
 //! scenario) is the client's. Environment: BENCH_TASKS (per-task calls per scenario, default
 //! 10000), BENCH_BATCH_TASKS (tasks per batch scenario, default 40000), BENCH_CLI_DOCS (default
-//! 100000), BENCH_ROUNDS (default 5), BENCH_CONCURRENCY (e.g. `1,16`), BENCH_PYTHON (an
+//! 100000), BENCH_ROUNDS (default 7), BENCH_CONCURRENCY (e.g. `1,16`), BENCH_PYTHON (an
 //! interpreter with google-cloud-tasks 2.26; by default target/pyenv, created with pip on the
 //! first run).
 
@@ -48,7 +48,7 @@ fn main() {
     let sizes = Sizes {
         per_task: env_usize("BENCH_TASKS", 10_000),
         batch: env_usize("BENCH_BATCH_TASKS", 40_000),
-        rounds: env_usize("BENCH_ROUNDS", 5).max(1),
+        rounds: env_usize("BENCH_ROUNDS", 7).max(1),
     };
     let cli_docs = env_usize("BENCH_CLI_DOCS", 100_000);
     let concurrencies: Vec<usize> = std::env::var("BENCH_CONCURRENCY").map_or_else(
@@ -234,8 +234,11 @@ fn print_header() {
 }
 
 /// Raw stub, client per task and (if `batch`) the batch path at one concurrency: each path's
-/// measurements in `sizes.rounds` interleaved rounds. Clients are built on `runtime`, which then
-/// drives their connections.
+/// measurements in `sizes.rounds` interleaved rounds. The raw stub and the client swap places
+/// every round, so that neither is always the one that runs second (right after the other
+/// path's load; running the client against itself, the second of two identical paths had a p99
+/// 1.1x the first's on the median round). Clients are built on `runtime`, which then drives
+/// their connections.
 fn run_paths(
     runtime: &tokio::runtime::Runtime,
     host: &str,
@@ -246,23 +249,34 @@ fn run_paths(
     let (client, raw) = runtime.block_on(connect(host));
     let paths = if batch { 3 } else { 2 };
     let mut rounds: Vec<Vec<Measured>> = (0..paths).map(|_| Vec::new()).collect();
-    for _ in 0..sizes.rounds {
-        let raw = raw.clone();
-        rounds[0].push(runtime.block_on(measure(
-            "raw tonic stub, CreateTask",
-            concurrency,
-            sizes.per_task,
-            1,
-            move |_| raw_create_task(raw.clone()),
-        )));
-        let per_task_client = client.clone();
-        rounds[1].push(runtime.block_on(measure(
-            "CloudTasksClient, CreateTask per task",
-            concurrency,
-            sizes.per_task,
-            1,
-            move |index| client_create_task(per_task_client.clone(), index),
-        )));
+    for round in 0..sizes.rounds {
+        let measure_raw = || {
+            let raw = raw.clone();
+            runtime.block_on(measure(
+                "raw tonic stub, CreateTask",
+                concurrency,
+                sizes.per_task,
+                1,
+                move |_| raw_create_task(raw.clone()),
+            ))
+        };
+        let measure_client = || {
+            let client = client.clone();
+            runtime.block_on(measure(
+                "CloudTasksClient, CreateTask per task",
+                concurrency,
+                sizes.per_task,
+                1,
+                move |index| client_create_task(client.clone(), index),
+            ))
+        };
+        if round % 2 == 0 {
+            rounds[0].push(measure_raw());
+            rounds[1].push(measure_client());
+        } else {
+            rounds[1].push(measure_client());
+            rounds[0].push(measure_raw());
+        }
         if batch {
             let batch_client = client.clone();
             rounds[2].push(runtime.block_on(measure(
