@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use cloud_tasks::proto::{MessageType, Task};
 use cloud_tasks::testing::{Fault, MockCloudTasks};
-use cloud_tasks::{BatchOptions, CallOptions, DocumentTask, Error, HttpTask, RetryPolicy, Uuid};
+use cloud_tasks::{
+    BatchOptions, CallOptions, CloudTasksClient, DocumentTask, Error, HttpTask, RetryPolicy, Uuid,
+};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -268,25 +270,36 @@ async fn forward(
     }
 }
 
-/// A connection that stops passing anything on without closing is found out by the call that
-/// times out on it (a PING it does not answer) and replaced: the next call succeeds on a new
-/// connection instead of waiting on the dead one.
-#[tokio::test]
-async fn a_connection_that_stops_answering_is_replaced() {
+/// A mock server behind a [`FreezingProxy`], and a client through the proxy with these deadlines
+/// whose connection was made by one successful call and then frozen.
+async fn client_on_a_frozen_connection(
+    attempt_timeout: Duration,
+    connect_timeout: Duration,
+) -> (MockCloudTasks, FreezingProxy, CloudTasksClient) {
     let server = MockCloudTasks::start().await.unwrap();
     let proxy = FreezingProxy::start(server.addr()).await;
     let client = builder()
         .with_emulator_host(&proxy.host)
-        .with_attempt_timeout(Duration::from_millis(300))
-        .with_connect_timeout(Duration::from_millis(200))
+        .with_attempt_timeout(attempt_timeout)
+        .with_connect_timeout(connect_timeout)
+        .with_total_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     client
         .create_document_processing_task(Uuid::new_v4(), "before.pdf")
         .await
         .unwrap();
-
     proxy.freeze_all();
+    (server, proxy, client)
+}
+
+/// A connection that stops passing anything on without closing is found out by the call that
+/// times out on it (a PING it does not answer) and replaced: the next call succeeds on a new
+/// connection instead of waiting on the dead one.
+#[tokio::test]
+async fn a_connection_that_stops_answering_is_replaced() {
+    let (server, proxy, client) =
+        client_on_a_frozen_connection(Duration::from_millis(300), Duration::from_millis(200)).await;
     let error = client
         .create_document_processing_task(Uuid::new_v4(), "frozen.pdf")
         .await
@@ -319,21 +332,8 @@ async fn a_connection_that_stops_answering_is_replaced() {
 /// the connection is closed the retry goes to a new one: the document is enqueued once.
 #[tokio::test]
 async fn a_deduplicated_enqueue_outlives_a_connection_that_stops_answering() {
-    let server = MockCloudTasks::start().await.unwrap();
-    let proxy = FreezingProxy::start(server.addr()).await;
-    let client = builder()
-        .with_emulator_host(&proxy.host)
-        .with_attempt_timeout(Duration::from_millis(300))
-        .with_total_timeout(Duration::from_secs(5))
-        .with_connect_timeout(Duration::from_millis(200))
-        .build()
-        .unwrap();
-    client
-        .create_document_processing_task(Uuid::new_v4(), "before.pdf")
-        .await
-        .unwrap();
-
-    proxy.freeze_all();
+    let (server, proxy, client) =
+        client_on_a_frozen_connection(Duration::from_millis(300), Duration::from_millis(200)).await;
     let document = DocumentTask::new(Uuid::new_v4(), "report.pdf").deduplicated();
     let task_name = client.task_name(document.task_id().unwrap());
     let enqueued = client
@@ -355,20 +355,8 @@ async fn a_deduplicated_enqueue_outlives_a_connection_that_stops_answering() {
 /// PING: frequent quick cancellations must not flood the server with PINGs.
 #[tokio::test]
 async fn a_call_given_up_quickly_does_not_check_the_connection() {
-    let server = MockCloudTasks::start().await.unwrap();
-    let proxy = FreezingProxy::start(server.addr()).await;
-    let client = builder()
-        .with_emulator_host(&proxy.host)
-        .with_attempt_timeout(Duration::from_millis(100))
-        .with_connect_timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    client
-        .create_document_processing_task(Uuid::new_v4(), "before.pdf")
-        .await
-        .unwrap();
-
-    proxy.freeze_all();
+    let (_server, proxy, client) =
+        client_on_a_frozen_connection(Duration::from_millis(100), Duration::from_millis(300)).await;
     for _ in 0..2 {
         let error = client
             .create_document_processing_task(Uuid::new_v4(), "frozen.pdf")
