@@ -18,6 +18,7 @@ use cloud_tasks::{
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 /// The largest body a task may have, less room for the rest of the task.
 const LARGE_BODY: usize = 95 * 1024;
@@ -89,10 +90,9 @@ async fn an_untrusted_certificate_is_a_connect_error() {
     assert!(server.tasks().is_empty());
 }
 
-/// A server that accepts TCP but never finishes the TLS handshake is given up on after the
-/// connect timeout, well before the call's deadline.
-#[tokio::test]
-async fn a_handshake_that_never_finishes_is_bounded_by_the_connect_timeout() {
+/// A client with credentials for a server that accepts TCP and never answers, not even the TLS
+/// handshake, with a connect timeout of 300 ms; and the server's task, to abort when done.
+async fn client_of_a_silent_tls_server() -> (CloudTasksClient, JoinHandle<()>) {
     let tokens = token_endpoint(Some("token")).await;
     let (host, hold) = silent_server().await;
     let client = builder()
@@ -102,6 +102,14 @@ async fn a_handshake_that_never_finishes_is_bounded_by_the_connect_timeout() {
         .with_total_timeout(Duration::from_secs(10))
         .build()
         .unwrap();
+    (client, hold)
+}
+
+/// A server that accepts TCP but never finishes the TLS handshake is given up on after the
+/// connect timeout, well before the call's deadline.
+#[tokio::test]
+async fn a_handshake_that_never_finishes_is_bounded_by_the_connect_timeout() {
+    let (client, hold) = client_of_a_silent_tls_server().await;
     let started = Instant::now();
     let error = client
         .create_document_processing_task(Uuid::new_v4(), "a.pdf")
@@ -126,15 +134,7 @@ async fn a_handshake_that_never_finishes_is_bounded_by_the_connect_timeout() {
 /// the connect timeout in turn behind it.
 #[tokio::test]
 async fn calls_waiting_on_a_hung_connection_attempt_share_its_failure() {
-    let tokens = token_endpoint(Some("token")).await;
-    let (host, hold) = silent_server().await;
-    let client = builder()
-        .with_endpoint(format!("https://{host}"))
-        .with_credentials(credentials(&tokens.url))
-        .with_connect_timeout(Duration::from_millis(300))
-        .with_total_timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let (client, hold) = client_of_a_silent_tls_server().await;
     let once = CallOptions::new().with_retry_policy(RetryPolicy::default().with_max_attempts(1));
     let started = Instant::now();
     let calls: Vec<_> = (0..8)
