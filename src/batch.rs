@@ -41,7 +41,7 @@ use crate::proto::{
     BatchCreateTasksMetadata, BatchCreateTasksRequest, BatchCreateTasksResponse, CreateTaskRequest,
     Operation, Task,
 };
-use crate::retry::Idempotency;
+use crate::retry::{Attempt, Idempotency};
 use crate::task::{DocumentTask, HttpTask};
 
 /// The most tasks one `BatchCreateTasks` call may carry.
@@ -404,21 +404,21 @@ impl CloudTasksClient {
     async fn send_batch_once(
         &self,
         request: BatchCreateTasksRequest,
-        timeout: Duration,
+        attempt: Attempt,
     ) -> Result<Operation, Error> {
-        let request = self.prepare_with_timeout(request, timeout).await?;
+        let request = self.prepare(request, attempt).await?;
         let mut stub = self.raw_stub();
         self.map_response(stub.batch_create_tasks(request).await)
     }
 
     /// One `GetOperation` attempt for an operation of this client's queue.
-    async fn get_operation_once(&self, name: &str, timeout: Duration) -> Result<Operation, Error> {
+    async fn get_operation_once(&self, name: &str, attempt: Attempt) -> Result<Operation, Error> {
         let mut request = self
-            .prepare_with_timeout(
+            .prepare(
                 GetOperationRequest {
                     name: name.to_owned(),
                 },
-                timeout,
+                attempt,
             )
             .await?;
         request.metadata_mut().insert(
@@ -439,14 +439,17 @@ impl CloudTasksClient {
         let mut delay = FIRST_POLL_DELAY;
         while !operation.done {
             if started.elapsed() + delay > timeout {
-                return Err(Error::Timeout { after: timeout });
+                return Err(Error::Timeout {
+                    after: timeout,
+                    request_sent: true,
+                });
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 3 / 2).min(MAX_POLL_DELAY);
             // Reading an operation is idempotent.
             operation = self
-                .with_retries(&CallOptions::new(), Idempotency::Idempotent, |budget| {
-                    self.get_operation_once(&operation.name, budget)
+                .with_retries(&CallOptions::new(), Idempotency::Idempotent, |attempt| {
+                    self.get_operation_once(&operation.name, attempt)
                 })
                 .await
                 .result?;
@@ -479,8 +482,8 @@ impl CloudTasksClient {
         // The request_id makes a resent batch a no-op on Cloud Tasks, so the batch is retried
         // like a named task, with the same request (request_id included) each time.
         let sent = self
-            .with_retries(&CallOptions::new(), Idempotency::Idempotent, |budget| {
-                self.send_batch_once(request.clone(), budget)
+            .with_retries(&CallOptions::new(), Idempotency::Idempotent, |attempt| {
+                self.send_batch_once(request.clone(), attempt)
             })
             .await;
         let operation = match sent.result {

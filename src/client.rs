@@ -1,5 +1,6 @@
 //! `CloudTasksClient`: builds tasks for the backend's queue and sends them with `CreateTask`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -13,9 +14,9 @@ use crate::auth::{self, Auth};
 use crate::config::{Settings, Target};
 use crate::error::{self, CallContext, Error};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
-use crate::retry::{self, Attempted, Idempotency, RetryPolicy};
+use crate::retry::{self, Attempt, Attempted, Idempotency, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask};
-use crate::transport::{Http2Channel, Security, SetupError};
+use crate::transport::{ConnectionOptions, Http2Channel, Security, SetupError};
 
 /// Google's global Cloud Tasks endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://cloudtasks.googleapis.com";
@@ -23,8 +24,20 @@ pub const DEFAULT_ENDPOINT: &str = "https://cloudtasks.googleapis.com";
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Deadline of a whole call, retries included.
 pub const DEFAULT_TOTAL_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long establishing the connection may take before a call fails.
+/// How long establishing a connection may take before the calls waiting for it fail.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections a client opens at most to its endpoint: each carries at most the server's
+/// stream limit (100 at Google) of concurrent calls; calls beyond wait for room.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
+/// An idle connection is checked with an HTTP/2 PING after this long: the interval gRPC
+/// servers accept by default (more frequent PINGs on an idle connection are answered with
+/// GOAWAY "too_many_pings"). TCP keepalive finds most dead peers sooner.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(300);
+/// How long a PING may go unanswered before its connection is closed: gRPC's default.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// TCP keepalive idle time and probe interval: the kernel closes a connection whose peer is
+/// gone about a minute after it fell silent, without anything the server sees.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Set per attempt from its deadline.
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
@@ -255,7 +268,7 @@ impl CloudTasksClient {
             idempotency,
             attempt_timeout,
             total_timeout,
-            |budget| self.send_create_task(&request, budget),
+            |attempt| self.send_create_task(&request, attempt),
         )
         .await;
         let latency_ms = started.elapsed().as_millis();
@@ -285,11 +298,9 @@ impl CloudTasksClient {
     async fn send_create_task(
         &self,
         request: &CreateTaskRequest,
-        timeout: Duration,
+        attempt: Attempt,
     ) -> Result<Task, Error> {
-        let metadata = self.call_metadata(timeout).await?;
-        let request =
-            tonic::Request::from_parts(metadata, tonic::Extensions::default(), request.clone());
+        let request = self.prepare(request.clone(), attempt).await?;
         let mut stub = self.raw_stub();
         self.map_response(stub.create_task(request).await)
     }
@@ -303,7 +314,7 @@ impl CloudTasksClient {
         attempt: F,
     ) -> Attempted<T>
     where
-        F: FnMut(Duration) -> Fut,
+        F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let inner = &*self.inner;
@@ -318,18 +329,17 @@ impl CloudTasksClient {
     }
 
     /// Wraps `message` with the routing, client-identity and credential metadata every call to
-    /// this client's queue carries, and the attempt's deadline.
-    pub(crate) async fn prepare_with_timeout<T>(
+    /// this client's queue carries, the attempt's deadline, and the flag the transport sets
+    /// when it sends the request.
+    pub(crate) async fn prepare<T>(
         &self,
         message: T,
-        timeout: Duration,
+        attempt: Attempt,
     ) -> Result<tonic::Request<T>, Error> {
-        let metadata = self.call_metadata(timeout).await?;
-        Ok(tonic::Request::from_parts(
-            metadata,
-            tonic::Extensions::default(),
-            message,
-        ))
+        let metadata = self.call_metadata(attempt.budget).await?;
+        let mut extensions = tonic::Extensions::default();
+        extensions.insert(attempt.written);
+        Ok(tonic::Request::from_parts(metadata, extensions, message))
     }
 
     /// The routing, client-identity and credential metadata of a call to this client's queue,
@@ -479,7 +489,7 @@ pub struct ClientBuilder {
     attempt_timeout: Duration,
     total_timeout: Duration,
     retry_policy: RetryPolicy,
-    connect_timeout: Duration,
+    connection: ConnectionOptions,
     ca_certificate_pem: Option<Vec<u8>>,
 }
 
@@ -499,7 +509,14 @@ impl Default for ClientBuilder {
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             total_timeout: DEFAULT_TOTAL_TIMEOUT,
             retry_policy: RetryPolicy::default(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            connection: ConnectionOptions {
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                max_connections: DEFAULT_MAX_CONNECTIONS,
+                keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
+                keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+                tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+                resolved_addresses: None,
+            },
             ca_certificate_pem: None,
         }
     }
@@ -594,9 +611,49 @@ impl ClientBuilder {
         self
     }
 
-    /// Deadline for establishing the connection (default 5 s).
+    /// Deadline for establishing a connection (default 5 s). Connecting runs in the
+    /// background, shared by every call that waits for it; the calls fail when it does.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
+        self.connection.connect_timeout = timeout;
+        self
+    }
+
+    /// Connections opened at most (default 8, at least 1). A connection carries as many
+    /// concurrent calls as the server admits (100 at Google); the client opens another when
+    /// all are full, and closes an extra one after it has been idle for the keepalive interval.
+    pub fn with_max_connections(mut self, connections: usize) -> Self {
+        self.connection.max_connections = connections.max(1);
+        self
+    }
+
+    /// How long a connection may be idle before it is checked with an HTTP/2 PING (default
+    /// 5 minutes); `None` sends no keepalive PINGs. Servers answer PINGs more frequent than
+    /// they allow with GOAWAY, so lower it only for a server that permits it.
+    pub fn with_keepalive_interval(mut self, interval: Option<Duration>) -> Self {
+        self.connection.keepalive_interval = interval;
+        self
+    }
+
+    /// How long a PING may go unanswered before the connection is closed (default 20 s). The
+    /// same check runs when a call is abandoned after waiting at least this long.
+    pub fn with_keepalive_timeout(mut self, timeout: Duration) -> Self {
+        self.connection.keepalive_timeout = timeout;
+        self
+    }
+
+    /// TCP keepalive idle time and probe interval (default 15 s); `None` leaves the system's.
+    pub fn with_tcp_keepalive(mut self, keepalive: Option<Duration>) -> Self {
+        self.connection.tcp_keepalive = keepalive;
+        self
+    }
+
+    /// Connects to these addresses, in this order, instead of resolving the endpoint's host;
+    /// the port stays the endpoint's, and TLS still verifies the endpoint's host name. For a
+    /// Private Service Connect endpoint reached by IP, or a test. Like a resolved name, every
+    /// address is tried: the other address family after 300 ms (Happy Eyeballs), addresses of
+    /// one family in turn, each with its share of the connect timeout.
+    pub fn with_resolved_addresses(mut self, addresses: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.connection.resolved_addresses = Some(addresses.into_iter().collect());
         self
     }
 
@@ -639,7 +696,7 @@ impl ClientBuilder {
             },
             Auth::None => Security::Plaintext,
         };
-        let channel = connect_lazily(&endpoint, security, self.connect_timeout)?;
+        let channel = connect_lazily(&endpoint, security, self.connection)?;
         Ok(CloudTasksClient {
             inner: Arc::new(Inner {
                 call_headers: auth::queue_call_headers(target.queue_path()),
@@ -669,24 +726,22 @@ fn grpc_timeout_header(timeout: Duration) -> Option<HeaderValue> {
 fn connect_lazily(
     endpoint: &str,
     security: Security<'_>,
-    connect_timeout: Duration,
+    options: ConnectionOptions,
 ) -> Result<Http2Channel, Error> {
-    Http2Channel::lazy(endpoint, security, connect_timeout, USER_AGENT).map_err(|source| {
-        match source {
-            SetupError::NotHttps => {
-                Error::Config(crate::ConfigError::new(vec![crate::error::ConfigProblem {
-                    setting: "endpoint",
-                    message: format!(
-                        "endpoint {endpoint:?} must use https://; plaintext is only for emulators \
+    Http2Channel::lazy(endpoint, security, options, USER_AGENT).map_err(|source| match source {
+        SetupError::NotHttps => {
+            Error::Config(crate::ConfigError::new(vec![crate::error::ConfigProblem {
+                setting: "endpoint",
+                message: format!(
+                    "endpoint {endpoint:?} must use https://; plaintext is only for emulators \
                      (set CLOUD_TASKS_EMULATOR_HOST=host:port)"
-                    ),
-                }]))
-            }
-            source => Error::Transport {
-                endpoint: endpoint.to_owned(),
-                source: Box::new(source),
-            },
+                ),
+            }]))
         }
+        source => Error::Transport {
+            endpoint: endpoint.to_owned(),
+            source: Box::new(source),
+        },
     })
 }
 

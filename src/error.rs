@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tonic::Code;
 
+use crate::transport::{NotSent, NotSentReason};
+
 /// Everything that can go wrong when building a client or enqueuing a task.
 ///
 /// Messages say what to do about the problem. Use the predicates ([`Error::is_not_found`],
@@ -50,15 +52,33 @@ pub enum Error {
         status: tonic::Status,
     },
 
-    /// The attempt did not complete within its deadline. The request may have reached Cloud
-    /// Tasks, so the task may or may not exist.
+    /// Cloud Tasks did not process the request: the server refused it (HTTP/2 REFUSED_STREAM)
+    /// or was retiring the connection (GOAWAY), or the connection closed before the request was
+    /// sent. No task was created; sending it again is safe, and the client already did so
+    /// within its deadline and retry policy.
     #[error(
-        "Cloud Tasks did not answer within {after:?}; the task may or may not exist. \
-         Check the queue before enqueuing again, or use de-duplicated (named) tasks"
+        "Cloud Tasks at {endpoint} did not take the request: {detail}; nothing was processed, so \
+         no task was created and sending it again is safe"
     )]
+    NotProcessed {
+        /// The endpoint the request went to.
+        endpoint: String,
+        /// What the connection reported.
+        detail: String,
+        /// The status the transport reported, whose source chain holds the HTTP/2 error.
+        #[source]
+        status: tonic::Status,
+    },
+
+    /// The attempt did not complete within its deadline. If the request had been sent, it may
+    /// have reached Cloud Tasks, and the task may or may not exist.
+    #[error("{}", timeout_message(*after, *request_sent))]
     Timeout {
         /// The deadline that expired.
         after: Duration,
+        /// Whether the request had been handed to the connection. If not (the attempt waited
+        /// for credentials, a connection or room on one), no task was created.
+        request_sent: bool,
     },
 
     /// Google credentials could not be loaded or could not produce an access token.
@@ -88,7 +108,9 @@ impl Error {
     /// The gRPC status code Cloud Tasks answered with, if the call got that far.
     pub fn code(&self) -> Option<Code> {
         match self {
-            Self::Rpc { status, .. } | Self::Connect { status, .. } => Some(status.code()),
+            Self::Rpc { status, .. }
+            | Self::Connect { status, .. }
+            | Self::NotProcessed { status, .. } => Some(status.code()),
             _ => None,
         }
     }
@@ -136,37 +158,59 @@ impl Error {
         matches!(self, Self::Timeout { .. }) || self.code() == Some(Code::DeadlineExceeded)
     }
 
-    /// The request provably never reached Cloud Tasks: it failed locally (settings, task
-    /// validation, credentials) or no connection could be made. Sending it again cannot create
-    /// a duplicate.
+    /// The request provably never reached Cloud Tasks' processing: it failed locally
+    /// (settings, task validation, credentials), no connection could be made, the server
+    /// refused it unprocessed, or its attempt timed out before it was sent. Sending it again
+    /// cannot create a duplicate.
     pub fn was_never_sent(&self) -> bool {
-        self.is_config() || self.is_auth() || matches!(self, Self::Connect { .. })
+        self.is_config() || self.is_auth() || self.is_safe_to_resend_transient()
+    }
+
+    /// A transient failure of a request that was not processed: what the retry policy sends
+    /// again for every task, named or not.
+    pub(crate) fn is_safe_to_resend_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::NotProcessed { .. }
+                | Self::Timeout {
+                    request_sent: false,
+                    ..
+                }
+        )
     }
 
     /// The failure is transient: the same call may succeed later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Timeout { .. } | Self::Connect { .. })
-            || matches!(
-                self.code(),
-                Some(Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted)
-            )
+        matches!(
+            self,
+            Self::Timeout { .. } | Self::Connect { .. } | Self::NotProcessed { .. }
+        ) || matches!(
+            self.code(),
+            Some(Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted)
+        )
     }
 
     /// The request may have reached Cloud Tasks and created the task even though the call
     /// failed. Enqueuing again without a task name could create a duplicate.
     pub fn task_may_exist(&self) -> bool {
-        matches!(self, Self::Timeout { .. })
-            || matches!(self, Self::Rpc { .. })
-                && matches!(
-                    self.code(),
-                    Some(
-                        Code::Unavailable
-                            | Code::DeadlineExceeded
-                            | Code::Unknown
-                            | Code::Internal
-                            | Code::Cancelled
-                    )
+        matches!(
+            self,
+            Self::Timeout {
+                request_sent: true,
+                ..
+            }
+        ) || matches!(self, Self::Rpc { .. })
+            && matches!(
+                self.code(),
+                Some(
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::Unknown
+                        | Code::Internal
+                        | Code::Cancelled
                 )
+            )
     }
 }
 
@@ -187,11 +231,20 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
         queue,
         service_account,
     } = call;
-    if caused_by::<tonic::ConnectError>(&status) {
-        return Error::Connect {
-            endpoint: endpoint.to_owned(),
-            detail: connect_detail(&status),
-            status,
+    if let Some(reason) = cause::<NotSent>(&status).map(|not_sent| not_sent.reason) {
+        let endpoint = endpoint.to_owned();
+        let detail = connect_detail(&status);
+        return match reason {
+            NotSentReason::Connect => Error::Connect {
+                endpoint,
+                detail,
+                status,
+            },
+            _ => Error::NotProcessed {
+                endpoint,
+                detail: format!("{reason} ({detail})"),
+                status,
+            },
         };
     }
     let detail = status.message();
@@ -246,15 +299,29 @@ fn connect_detail(status: &tonic::Status) -> String {
     innermost
 }
 
-fn caused_by<E: std::error::Error + 'static>(status: &tonic::Status) -> bool {
+fn cause<E: std::error::Error + 'static>(status: &tonic::Status) -> Option<&E> {
     let mut source = std::error::Error::source(status);
     while let Some(error) = source {
-        if error.is::<E>() {
-            return true;
+        if let Some(cause) = error.downcast_ref::<E>() {
+            return Some(cause);
         }
         source = error.source();
     }
-    false
+    None
+}
+
+fn timeout_message(after: Duration, request_sent: bool) -> String {
+    if request_sent {
+        format!(
+            "Cloud Tasks did not answer within {after:?}; the task may or may not exist. Check \
+             the queue before enqueuing again, or use de-duplicated (named) tasks"
+        )
+    } else {
+        format!(
+            "the request could not be sent within {after:?} (waiting for credentials or a \
+             connection to Cloud Tasks); nothing was sent, so no task was created"
+        )
+    }
 }
 
 /// Settings or builder values that cannot make a working client.

@@ -59,7 +59,8 @@ pub use batch::{
 };
 pub use client::{
     CallOptions, ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_ENDPOINT, DEFAULT_TOTAL_TIMEOUT, Enqueued,
+    DEFAULT_ENDPOINT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_TCP_KEEPALIVE, DEFAULT_TOTAL_TIMEOUT, Enqueued,
 };
 pub use config::{EMULATOR_HOST_VAR, Settings, Target};
 pub use dedupe::document_task_id;

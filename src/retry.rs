@@ -2,10 +2,11 @@
 //!
 //! A `CreateTask` without a name is not idempotent: if the request reached Cloud Tasks, sending
 //! it again may create a second task, and a second Docling + LLM extraction. So an unnamed task
-//! is retried only when the request provably never left this process (no connection could be
-//! made). A named task is idempotent — Cloud Tasks refuses a second task with the same name — so
-//! transient failures are retried, and the caller treats ALREADY_EXISTS on a retry as the
-//! earlier attempt's success.
+//! is retried only when the request provably was not processed: no connection could be made,
+//! the server refused it unprocessed (REFUSED_STREAM, GOAWAY), or its attempt timed out before
+//! it was sent. A named task is idempotent (Cloud Tasks refuses a second task with the same
+//! name), so transient failures are retried, and the caller treats ALREADY_EXISTS on a retry as
+//! the earlier attempt's success.
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use tokio::time::Instant;
 use tonic::Code;
 
 use crate::error::Error;
+use crate::transport::RequestWritten;
 
 /// Exponential backoff with full jitter, bounded by the call's total deadline.
 ///
@@ -92,7 +94,7 @@ pub(crate) enum Idempotency {
 
 /// Whether `error` from an attempt may be retried.
 pub(crate) fn is_retryable(error: &Error, idempotency: Idempotency) -> bool {
-    if matches!(error, Error::Connect { .. }) {
+    if error.is_safe_to_resend_transient() {
         return true;
     }
     idempotency == Idempotency::Idempotent
@@ -118,6 +120,14 @@ pub(crate) struct Attempted<T> {
     pub(crate) attempts: u32,
 }
 
+/// What one attempt is given: the time it may take, and the flag the transport sets once the
+/// request is handed to the connection (the attempt puts it in the request's extensions).
+#[derive(Debug, Clone)]
+pub(crate) struct Attempt {
+    pub(crate) budget: Duration,
+    pub(crate) written: RequestWritten,
+}
+
 /// Runs `attempt` until it succeeds, fails for good, or the total deadline leaves no time for
 /// another attempt. `attempt` receives the time it may take, at most `attempt_timeout`.
 pub(crate) async fn run<T, F, Fut>(
@@ -128,11 +138,12 @@ pub(crate) async fn run<T, F, Fut>(
     mut attempt: F,
 ) -> Attempted<T>
 where
-    F: FnMut(Duration) -> Fut,
+    F: FnMut(Attempt) -> Fut,
     Fut: Future<Output = Result<T, Error>>,
 {
     let deadline = Instant::now() + total_timeout;
     let mut attempts = 0;
+    let mut previous_not_processed = false;
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -143,8 +154,16 @@ where
         } else {
             attempt_timeout
         };
-        let result = match tokio::time::timeout(budget, attempt(budget)).await {
-            Ok(Err(Error::Timeout { .. })) | Err(_) => Err(Error::Timeout { after: limit }),
+        let written = RequestWritten::default();
+        let this_attempt = Attempt {
+            budget,
+            written: written.clone(),
+        };
+        let result = match tokio::time::timeout(budget, attempt(this_attempt)).await {
+            Ok(Err(Error::Timeout { .. })) | Err(_) => Err(Error::Timeout {
+                after: limit,
+                request_sent: written.get(),
+            }),
             Ok(result) => result,
         };
         let error = match result {
@@ -156,7 +175,16 @@ where
             }
             Err(error) => error,
         };
-        let wait = jittered(policy.backoff(attempts));
+        // As gRPC's transparent retry: a request the server did not process goes again at once
+        // (on another connection when its own was retired); a second time in a row, after the
+        // backoff.
+        let not_processed = matches!(error, Error::NotProcessed { .. });
+        let wait = if not_processed && !previous_not_processed {
+            Duration::ZERO
+        } else {
+            jittered(policy.backoff(attempts))
+        };
+        previous_not_processed = not_processed;
         let out_of_time = Instant::now() + wait >= deadline;
         if attempts >= policy.max_attempts || out_of_time || !is_retryable(&error, idempotency) {
             return Attempted {
@@ -209,9 +237,18 @@ mod tests {
         assert!(is_retryable(&reached_server, Idempotency::Idempotent));
         let timeout = Error::Timeout {
             after: Duration::from_secs(1),
+            request_sent: true,
         };
         assert!(!is_retryable(&timeout, Idempotency::NotIdempotent));
         assert!(is_retryable(&timeout, Idempotency::Idempotent));
+        let timeout_before_sending = Error::Timeout {
+            after: Duration::from_secs(1),
+            request_sent: false,
+        };
+        assert!(is_retryable(
+            &timeout_before_sending,
+            Idempotency::NotIdempotent
+        ));
         let invalid = Error::InvalidTask("bad".to_owned());
         assert!(!is_retryable(&invalid, Idempotency::Idempotent));
     }
@@ -246,8 +283,8 @@ mod tests {
             Idempotency::NotIdempotent,
             Duration::from_secs(20),
             Duration::from_secs(2),
-            |budget| async move {
-                assert_eq!(budget, Duration::from_secs(2));
+            |attempt| async move {
+                assert_eq!(attempt.budget, Duration::from_secs(2));
                 std::future::pending().await
             },
         )

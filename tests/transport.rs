@@ -274,14 +274,14 @@ async fn forward(
 /// whose connection was made by one successful call and then frozen.
 async fn client_on_a_frozen_connection(
     attempt_timeout: Duration,
-    connect_timeout: Duration,
+    ping_timeout: Duration,
 ) -> (MockCloudTasks, FreezingProxy, CloudTasksClient) {
     let server = MockCloudTasks::start().await.unwrap();
     let proxy = FreezingProxy::start(server.addr()).await;
     let client = builder()
         .with_emulator_host(&proxy.host)
         .with_attempt_timeout(attempt_timeout)
-        .with_connect_timeout(connect_timeout)
+        .with_keepalive_timeout(ping_timeout)
         .with_total_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
@@ -306,7 +306,7 @@ async fn a_connection_that_stops_answering_is_replaced() {
         .unwrap_err();
     assert!(error.is_timeout(), "{error:?}");
 
-    // Once the PING's timeout (the connect timeout) has passed, the frozen connection is closed
+    // Once the PING's timeout has passed, the frozen connection is closed
     // and the next call goes to a new one. Calls made before that still go to the frozen
     // connection and fail (a timeout, or UNAVAILABLE when the check closes it under them);
     // without the check, every call would time out on it.
@@ -375,9 +375,9 @@ async fn a_slow_server_keeps_its_connection() {
     let (server, _) = mock_and_client().await;
     let client = builder()
         .with_emulator_host(server.host())
-        // The call must wait at least the PING's timeout (the connect timeout) to be checked.
+        // The call must wait at least the PING's timeout to be checked.
         .with_attempt_timeout(Duration::from_millis(1600))
-        .with_connect_timeout(Duration::from_millis(1500))
+        .with_keepalive_timeout(Duration::from_millis(1500))
         .build()
         .unwrap();
     client
