@@ -5,9 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloud_tasks::proto::{MessageType, Task};
@@ -16,8 +13,8 @@ use cloud_tasks::{
     BatchOptions, CallOptions, CloudTasksClient, DocumentTask, Error, HttpTask, RetryPolicy, Uuid,
 };
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// The largest body a task may have, less room for the rest of the task.
@@ -210,66 +207,6 @@ fn a_client_outlives_the_runtime_of_its_connection() {
     assert_eq!(server.connections(), 2, "one connection per runtime");
 }
 
-/// A TCP proxy to a server whose connections can be frozen: a frozen connection stays open and
-/// passes nothing on, like one behind a dropped NAT mapping or to a peer that vanished.
-struct FreezingProxy {
-    host: String,
-    /// One flag per connection accepted so far.
-    connections: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
-}
-
-impl FreezingProxy {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let host = listener.local_addr().unwrap().to_string();
-        let connections = Arc::new(Mutex::new(Vec::new()));
-        let accepted = Arc::clone(&connections);
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let outbound = TcpStream::connect(target).await.unwrap();
-                let frozen = Arc::new(AtomicBool::new(false));
-                accepted.lock().unwrap().push(Arc::clone(&frozen));
-                let (inbound_read, inbound_write) = inbound.into_split();
-                let (outbound_read, outbound_write) = outbound.into_split();
-                tokio::spawn(forward(inbound_read, outbound_write, Arc::clone(&frozen)));
-                tokio::spawn(forward(outbound_read, inbound_write, frozen));
-            }
-        });
-        Self { host, connections }
-    }
-
-    fn freeze_all(&self) {
-        for frozen in self.connections.lock().unwrap().iter() {
-            frozen.store(true, Ordering::SeqCst);
-        }
-    }
-
-    fn connections(&self) -> usize {
-        self.connections.lock().unwrap().len()
-    }
-}
-
-async fn forward(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<AtomicBool>,
-) {
-    let mut buffer = vec![0; 64 * 1024];
-    loop {
-        let read = match from.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => read,
-        };
-        if frozen.load(Ordering::SeqCst) {
-            // Hold both sockets open and pass nothing on, ever.
-            std::future::pending::<()>().await;
-        }
-        if to.write_all(&buffer[..read]).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// A mock server behind a [`FreezingProxy`], and a client through the proxy with these deadlines
 /// whose connection was made by one successful call and then frozen.
 async fn client_on_a_frozen_connection(
@@ -403,4 +340,143 @@ async fn a_slow_server_keeps_its_connection() {
         1,
         "the slow server's connection was kept"
     );
+}
+
+/// Until the server's SETTINGS arrive, the client opens at most 100 streams on a connection
+/// (Google's limit), not h2's unlimited default: a server that is slow to send its SETTINGS
+/// must not see more streams than it may admit. The server here reads the connection's frames
+/// and sends nothing; 300 calls are made at once.
+#[tokio::test]
+async fn no_more_than_100_streams_before_the_server_settings() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let client = builder()
+        .with_emulator_host(host)
+        .with_max_connections(1)
+        .with_attempt_timeout(Duration::from_secs(2))
+        .with_total_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let calls: Vec<_> = (0..300)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .create_document_processing_task(Uuid::new_v4(), "a.pdf")
+                    .await
+            })
+        })
+        .collect();
+    let (mut stream, _) = listener.accept().await.unwrap();
+    let mut preface = [0; 24];
+    stream.read_exact(&mut preface).await.unwrap();
+    assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let mut streams_opened = 0;
+    let reading = async {
+        loop {
+            let mut header = [0; 9];
+            stream.read_exact(&mut header).await?;
+            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0; length];
+            stream.read_exact(&mut payload).await?;
+            const HEADERS: u8 = 0x1;
+            if header[3] == HEADERS {
+                streams_opened += 1;
+            }
+        }
+        #[allow(unreachable_code)]
+        std::io::Result::Ok(())
+    };
+    // Every call has been made and waits for its answer well before this ends.
+    let read = tokio::time::timeout(Duration::from_secs(1), reading).await;
+    assert!(read.is_err(), "the connection ended early: {read:?}");
+    assert_eq!(streams_opened, 100);
+    for call in calls {
+        call.abort();
+    }
+}
+
+/// An attempt whose deadline passes while the connection is still being made sent nothing: it
+/// is a timeout that says so, not "may exist", and the unnamed task may be sent again.
+#[tokio::test]
+async fn an_attempt_that_times_out_while_connecting_sent_nothing() {
+    let tokens = token_endpoint(Some("token")).await;
+    let (host, hold) = silent_server().await;
+    let client = builder()
+        .with_endpoint(format!("https://{host}"))
+        .with_credentials(credentials(&tokens.url))
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_attempt_timeout(Duration::from_millis(200))
+        .with_total_timeout(Duration::from_millis(700))
+        .build()
+        .unwrap();
+    let error = client
+        .create_document_processing_task(Uuid::new_v4(), "a.pdf")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::Timeout {
+                request_sent: false,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(!error.task_may_exist(), "{error}");
+    assert!(error.was_never_sent());
+    assert!(error.to_string().contains("nothing was sent"), "{error}");
+    hold.abort();
+}
+
+/// A TLS server that does not agree to HTTP/2 (an HTTP/1.1 proxy): a connect error that says
+/// so, rather than an HTTP/2 error on the first frame.
+#[tokio::test]
+async fn a_tls_server_without_http2_is_a_clear_connect_error() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let (cert, key) = self_signed_cert();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // No ALPN protocols: the handshake completes with none agreed, as with an HTTP/1.1 proxy.
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let serve = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                open.push(tls);
+            }
+        }
+    });
+    let tokens = token_endpoint(Some("token")).await;
+    let client = builder()
+        .with_endpoint(format!("https://{host}"))
+        .with_ca_certificate(cert)
+        .with_credentials(credentials(&tokens.url))
+        .with_retry_policy(RetryPolicy::never())
+        .build()
+        .unwrap();
+    let error = client
+        .create_document_processing_task(Uuid::new_v4(), "a.pdf")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Connect { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("did not agree to HTTP/2") && message.contains("ALPN: none"),
+        "{message}"
+    );
+    serve.abort();
 }

@@ -1,13 +1,14 @@
 //! Values and local servers shared by the integration tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use cloud_tasks::testing::MockCloudTasks;
 use cloud_tasks::{ClientBuilder, CloudTasksClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub const PROJECT: &str = "my-project";
 pub const LOCATION: &str = "us-central1";
@@ -155,4 +156,64 @@ pub async fn tls_server_and_client(token_uri: &str) -> (MockCloudTasks, CloudTas
 pub fn self_signed_cert() -> (String, String) {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     (certified.cert.pem(), certified.signing_key.serialize_pem())
+}
+
+/// A TCP proxy to a server whose connections can be frozen: a frozen connection stays open and
+/// passes nothing on, like one behind a dropped NAT mapping or to a peer that vanished.
+pub struct FreezingProxy {
+    pub host: String,
+    /// One flag per connection accepted so far.
+    connections: Arc<Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl FreezingProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let accepted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let outbound = TcpStream::connect(target).await.unwrap();
+                let frozen = Arc::new(AtomicBool::new(false));
+                accepted.lock().unwrap().push(Arc::clone(&frozen));
+                let (inbound_read, inbound_write) = inbound.into_split();
+                let (outbound_read, outbound_write) = outbound.into_split();
+                tokio::spawn(forward(inbound_read, outbound_write, Arc::clone(&frozen)));
+                tokio::spawn(forward(outbound_read, inbound_write, frozen));
+            }
+        });
+        Self { host, connections }
+    }
+
+    pub fn freeze_all(&self) {
+        for frozen in self.connections.lock().unwrap().iter() {
+            frozen.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if frozen.load(Ordering::SeqCst) {
+            // Hold both sockets open and pass nothing on, ever.
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
 }
