@@ -38,10 +38,20 @@ local_value(name) := value if {
 	value := locals[name]
 }
 
-# NAME when value is the whole-string reference "${KIND.NAME}" (KIND "var" or "local").
-reference_name(value, kind) := substring(value, count(kind) + 3, (count(value) - count(kind)) - 4) if {
+# TEXT when the whole value is one reference "${TEXT}", e.g. "${var.region}".
+reference(value) := text if {
 	is_string(value)
-	regex.match(sprintf("^\\$\\{%s\\.[A-Za-z0-9_-]+\\}$", [kind]), value)
+	startswith(value, "${")
+	endswith(value, "}")
+	text := substring(value, 2, count(value) - 3)
+	regex.match(`^[A-Za-z0-9_.-]+$`, text)
+}
+
+# NAME when value is "${KIND.NAME}" (KIND "var" or "local").
+reference_name(value, kind) := parts[1] if {
+	parts := split(reference(value), ".")
+	count(parts) == 2
+	parts[0] == kind
 }
 
 # The value Terraform uses when nothing is overridden: var.NAME becomes the variable's default
@@ -55,12 +65,11 @@ resolve_step(value) := fallback if {
 } else := value
 
 # NAME when value is "${TYPE.NAME.ATTRIBUTE}" for one of the attributes.
-referenced(value, type, attributes) := name if {
-	is_string(value)
-	regex.match(sprintf("^\\$\\{%s\\.[A-Za-z0-9_-]+\\.[a-z_]+\\}$", [type]), value)
-	parts := split(trim_suffix(value, "}"), ".")
+referenced(value, type, attributes) := parts[1] if {
+	parts := split(reference(value), ".")
+	count(parts) == 3
+	parts[0] == type
 	parts[2] in attributes
-	name := parts[1]
 }
 
 # The google_service_account an IAM member names, as google_service_account.NAME.member or
