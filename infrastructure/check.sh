@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Offline check of the Terraform formatting, for CI. The rules about resources and IAM are
-# checked by `cargo test --test terraform`; `terraform validate` needs the google provider,
-# which CI cannot download (see infrastructure/README.md).
+# Offline check of the Terraform formatting, for CI. The rules about resources and IAM are the
+# Rego policies in infrastructure/policy, run by `cargo test --test terraform`; `terraform
+# validate` needs the google provider, which CI cannot download (see infrastructure/README.md).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

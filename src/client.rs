@@ -486,6 +486,9 @@ pub struct ClientBuilder {
     service_url: String,
     service_account_email: String,
     transport: Transport,
+    /// `with_credentials` or `with_endpoint` combined with `with_emulator_host`: `build()` refuses
+    /// it rather than let the later call silently pick Google or the emulator.
+    emulator_conflict: Option<&'static str>,
     attempt_timeout: Duration,
     total_timeout: Duration,
     retry_policy: RetryPolicy,
@@ -506,6 +509,7 @@ impl Default for ClientBuilder {
                 endpoint: DEFAULT_ENDPOINT.to_owned(),
                 credentials: None,
             },
+            emulator_conflict: None,
             attempt_timeout: DEFAULT_ATTEMPT_TIMEOUT,
             total_timeout: DEFAULT_TOTAL_TIMEOUT,
             retry_policy: RetryPolicy::default(),
@@ -555,33 +559,40 @@ impl ClientBuilder {
 
     /// An `https://` endpoint other than Google's global one: a regional or Private Service
     /// Connect endpoint. Plaintext is only possible through [`ClientBuilder::with_emulator_host`].
+    ///
+    /// Combined with [`ClientBuilder::with_emulator_host`], in either order, `build()` fails.
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        let credentials = match self.transport {
-            Transport::Google { credentials, .. } => credentials,
-            Transport::Emulator { .. } => None,
-        };
-        self.transport = Transport::Google {
-            endpoint: endpoint.into(),
-            credentials,
-        };
+        match &mut self.transport {
+            Transport::Google { endpoint: e, .. } => *e = endpoint.into(),
+            Transport::Emulator { .. } => self.emulator_conflict = Some("with_endpoint"),
+        }
         self
     }
 
     /// Credentials to use instead of Application Default Credentials.
+    ///
+    /// Combined with [`ClientBuilder::with_emulator_host`], in either order, `build()` fails.
     pub fn with_credentials(mut self, credentials: Credentials) -> Self {
-        let endpoint = match self.transport {
-            Transport::Google { endpoint, .. } => endpoint,
-            Transport::Emulator { .. } => DEFAULT_ENDPOINT.to_owned(),
-        };
-        self.transport = Transport::Google {
-            endpoint,
-            credentials: Some(credentials),
-        };
+        match &mut self.transport {
+            Transport::Google { credentials: c, .. } => *c = Some(credentials),
+            Transport::Emulator { .. } => self.emulator_conflict = Some("with_credentials"),
+        }
         self
     }
 
     /// Talks plaintext to an emulator at `host:port` and sends no credentials.
     pub fn with_emulator_host(mut self, host: impl Into<String>) -> Self {
+        if let Transport::Google {
+            endpoint,
+            credentials,
+        } = &self.transport
+        {
+            if credentials.is_some() {
+                self.emulator_conflict = Some("with_credentials");
+            } else if endpoint != DEFAULT_ENDPOINT {
+                self.emulator_conflict = Some("with_endpoint");
+            }
+        }
         self.transport = Transport::Emulator { host: host.into() };
         self
     }
@@ -665,6 +676,18 @@ impl ClientBuilder {
     /// [`Error::Config`] listing every bad value, [`Error::Transport`] for an unusable endpoint,
     /// [`Error::Auth`] if Application Default Credentials cannot be loaded.
     pub fn build(self) -> Result<CloudTasksClient, Error> {
+        if let Some(call) = self.emulator_conflict {
+            return Err(Error::Config(crate::ConfigError::new(vec![
+                crate::error::ConfigProblem {
+                    setting: "CLOUD_TASKS_EMULATOR_HOST",
+                    message: format!(
+                        "both with_emulator_host and {call} were called; an emulator takes no \
+                         credentials or endpoint, so drop {call} to use the emulator, or \
+                         with_emulator_host (and CLOUD_TASKS_EMULATOR_HOST) to reach Google"
+                    ),
+                },
+            ])));
+        }
         let emulator_host = match &self.transport {
             Transport::Emulator { host } => Some(host.as_str()),
             Transport::Google { .. } => None,

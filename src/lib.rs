@@ -33,7 +33,13 @@
 //!   (see `docs/LOCAL_DEVELOPMENT.md`).
 //!
 //! See `ARCHITECTURE.md` for the path of a request through the modules.
-
+// Without its feature, a module's item links to the feature list instead of breaking the docs.
+#![doc = ""]
+#![cfg_attr(
+    not(feature = "testing"),
+    doc = "[`testing::MockCloudTasks`]: #features"
+)]
+#![cfg_attr(not(feature = "receiver"), doc = "[`receiver`]: #features")]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod auth;

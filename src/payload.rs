@@ -23,10 +23,9 @@ impl ProcessDocumentPayload {
     /// (`", "` and `": "` separators, non-ASCII escaped as `\uXXXX`), so handlers and logs see
     /// the same bytes whichever producer enqueued the task.
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        // Written out directly: it runs on every enqueue, and serde_json with a Python-style
-        // formatter cost about four times as much for these two fields. A field added to the struct
-        // must be added here too (the round-trip test catches a missing one unless it has a
-        // serde default).
+        // Written by hand because it runs on every enqueue and a Python-style serde_json formatter
+        // is several times slower (PERFORMANCE.md). A new field must be added here too; the
+        // round-trip test catches one that is missing unless it has a serde default.
         const START: &[u8] = b"{\"document_id\": \"";
         const MIDDLE: &[u8] = b"\", \"filename\": \"";
         const END: &[u8] = b"\"}";

@@ -87,6 +87,14 @@ pub(crate) fn service_url(value: &str) -> Result<String, String> {
                 .to_owned(),
         );
     }
+    // Url::parse drops surrounding whitespace and any tab or newline, but the value itself
+    // becomes the task URL and the OIDC audience; it usually comes from a mis-pasted secret.
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "service URL {value:?} contains whitespace or control characters; remove them (a \
+             trailing newline often comes from a secret file or `echo` without -n)"
+        ));
+    }
     let url = url::Url::parse(value).map_err(|error| {
         format!("service URL {value:?} is not an absolute URL ({error}); use e.g. https://backend-abc123-uc.a.run.app")
     })?;
@@ -239,6 +247,24 @@ mod tests {
         ] {
             let message = service_url(bad).unwrap_err();
             assert!(message.contains("service URL"), "{bad:?} gave {message:?}");
+        }
+    }
+
+    #[test]
+    fn service_url_with_whitespace_is_refused_by_name() {
+        // Url::parse strips these, but the unparsed value is what goes into the task URL and the
+        // OIDC audience.
+        for bad in [
+            "https://x.a.run.app\n",
+            " https://x.a.run.app",
+            "https://x.a.run.app\r\n",
+            "https://x.a.\trun.app",
+        ] {
+            let message = service_url(bad).unwrap_err();
+            assert!(
+                message.contains(&format!("{bad:?}")) && message.contains("whitespace"),
+                "{bad:?} gave {message:?}"
+            );
         }
     }
 

@@ -9,7 +9,7 @@ use cloud_tasks::Uuid;
 use cloud_tasks::testing::{Fault, MockCloudTasks};
 use common::*;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tonic::Code;
 
 /// A fresh empty directory, so no `.env` from the repository leaks into the run.
@@ -294,5 +294,71 @@ async fn ctrl_c_stops_reading_finishes_what_was_read_and_a_dedupe_rerun_complete
         stderr(&rerun)
     );
     assert_eq!(server.tasks().len(), 400);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
+    let server = MockCloudTasks::start().await.unwrap();
+    // The one batch call hangs far longer than the test waits.
+    server.push_fault(Fault::Delay(std::time::Duration::from_secs(120)));
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(100)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"))
+        .env_clear()
+        .current_dir(&dir)
+        .env("GCP_PROJECT_ID", PROJECT)
+        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
+        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
+        .env("CLOUD_TASKS_EMULATOR_HOST", server.host())
+        .args(["enqueue-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all((lines.join("\n") + "\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // A full batch of 100 goes out (and hangs) while stdin stays open for more.
+    while server.batch_create_tasks_calls().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no batch was sent");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let mut stderr_lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let waiting = stderr_lines.next_line().await.unwrap().unwrap();
+    assert!(waiting.contains("Ctrl-C again"), "{waiting}");
+    let started = std::time::Instant::now();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("the second Ctrl-C ends the run at once")
+        .unwrap();
+    let mut rest = Vec::new();
+    while let Some(line) = stderr_lines.next_line().await.unwrap() {
+        rest.push(line);
+    }
+    let rest = rest.join("\n");
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(
+        rest.contains(
+            "aborted: 100 documents read up to input line 100 got no answer and may or may not \
+             have been enqueued (those counted above are settled); rerun with --dedupe to \
+             enqueue only what is missing"
+        ),
+        "{rest}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

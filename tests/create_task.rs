@@ -402,3 +402,39 @@ async fn a_bad_emulator_host_is_reported_with_the_other_problems() {
     let settings: Vec<_> = config.problems().iter().map(|p| p.setting).collect();
     assert_eq!(settings, ["GCP_PROJECT_ID", "CLOUD_TASKS_EMULATOR_HOST"]);
 }
+
+#[tokio::test]
+async fn credentials_or_an_endpoint_with_an_emulator_host_is_refused_in_either_order() {
+    let token_uri = "http://127.0.0.1:1/token";
+    let cases = [
+        (
+            "with_credentials",
+            builder()
+                .with_emulator_host("127.0.0.1:8123")
+                .with_credentials(credentials(token_uri)),
+        ),
+        (
+            "with_credentials",
+            builder()
+                .with_credentials(credentials(token_uri))
+                .with_emulator_host("127.0.0.1:8123"),
+        ),
+        (
+            "with_endpoint",
+            builder()
+                .with_emulator_host("127.0.0.1:8123")
+                .with_endpoint("https://eu-cloudtasks.example.com"),
+        ),
+    ];
+    for (call, builder) in cases {
+        let error = builder.build().unwrap_err();
+        let Error::Config(config) = &error else {
+            panic!("{call}: expected a config error, got {error:?}");
+        };
+        let [problem] = config.problems() else {
+            panic!("{call}: expected one problem, got {config:?}");
+        };
+        assert_eq!(problem.setting, "CLOUD_TASKS_EMULATOR_HOST");
+        assert!(problem.message.contains(call), "{}", problem.message);
+    }
+}

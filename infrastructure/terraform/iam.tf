@@ -1,5 +1,5 @@
 # Every grant is on the one resource that needs it. Nothing here is granted on the project, and
-# nothing to allUsers or allAuthenticatedUsers: tests/terraform.rs fails the build otherwise.
+# nothing to allUsers or allAuthenticatedUsers: infrastructure/policy/iam.rego fails the build otherwise.
 
 # CreateTask on this queue. Without it: PERMISSION_DENIED "The principal (user or service
 # account) lacks IAM permission "cloudtasks.tasks.create" for the resource "projects/.../queues/

@@ -1,5 +1,6 @@
 # One output per setting the backend reads, named after its environment variable in lower
-# case, with the same value the Cloud Run service gets. tests/terraform.rs keeps the two in step.
+# case, with the same value the Cloud Run service gets. infrastructure/policy/outputs.rego keeps
+# the two in step.
 
 output "gcp_project_id" {
   description = "GCP_PROJECT_ID: project of the queue."

@@ -103,30 +103,48 @@ async fn enqueue_all(args: EnqueueBatchArgs) -> Result<u8, Error> {
     let enqueuer = client.batch_enqueuer(options);
     let mut run = Run {
         counts: Counts::default(),
+        in_flight: 0,
+        line_number: 0,
         started: Instant::now(),
         progress: progress_bar(size),
         stdout: std::io::BufWriter::new(std::io::stdout()),
     };
-    let interrupted = run
+    let stop = run
         .enqueue_lines(BufReader::with_capacity(64 * 1024, input), enqueuer)
         .await;
-    Ok(run.finish(interrupted, args.dedupe))
+    Ok(run.finish(stop, args.dedupe))
+}
+
+/// Why the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The whole input was read and every call answered.
+    End,
+    /// Ctrl-C: reading stopped, and every call in flight was answered.
+    Interrupted,
+    /// A second Ctrl-C while waiting for the calls in flight: their outcome is unknown.
+    Aborted,
 }
 
 struct Run {
     counts: Counts,
+    /// Documents handed to the enqueuer whose outcome has not come back yet.
+    in_flight: u64,
+    /// The last input line read.
+    line_number: u64,
     started: Instant,
     progress: Option<ProgressBar>,
     stdout: std::io::BufWriter<std::io::Stdout>,
 }
 
 impl Run {
-    /// Reads and enqueues every line; returns whether Ctrl-C stopped the reading.
+    /// Reads and enqueues every line until the end or Ctrl-C, then waits for the calls in
+    /// flight unless a second Ctrl-C comes first.
     async fn enqueue_lines(
         &mut self,
         mut input: impl AsyncBufReadExt + Unpin,
         mut enqueuer: BatchEnqueuer<(u64, ProcessDocumentPayload)>,
-    ) -> bool {
+    ) -> Stop {
         let interrupt = tokio::signal::ctrl_c();
         tokio::pin!(interrupt);
         let mut line = String::new();
@@ -155,6 +173,7 @@ impl Run {
                 }
             };
             line_number += 1;
+            self.line_number = line_number;
             bytes_read += read as u64;
             let text = line.trim();
             if text.is_empty() {
@@ -162,6 +181,7 @@ impl Run {
             }
             match serde_json::from_str::<ProcessDocumentPayload>(text) {
                 Ok(document) => {
+                    self.in_flight += 1;
                     let done = enqueuer
                         .push_document((line_number, document.clone()), &document)
                         .await;
@@ -176,18 +196,37 @@ impl Run {
                 progress.set_position(bytes_read);
             }
         }
-        if interrupted {
-            self.println_stderr("interrupted: waiting for the calls in flight");
+        // Ctrl-C also interrupts the wait for the last calls once the input is read.
+        let finish = enqueuer.finish();
+        tokio::pin!(finish);
+        if !interrupted {
+            tokio::select! {
+                biased;
+                _ = &mut interrupt => {}
+                done = &mut finish => {
+                    self.record(done);
+                    return Stop::End;
+                }
+            }
         }
-        let done = enqueuer.finish().await;
-        self.record(done);
-        interrupted
+        self.println_stderr(
+            "interrupted: waiting for the calls in flight (Ctrl-C again to stop now)",
+        );
+        // The first signal's listener is spent; a second press must not wait for slow calls.
+        tokio::select! {
+            done = &mut finish => {
+                self.record(done);
+                Stop::Interrupted
+            }
+            _ = tokio::signal::ctrl_c() => Stop::Aborted,
+        }
     }
 
     fn record(&mut self, done: Vec<KeyedOutcome<(u64, ProcessDocumentPayload)>>) {
         if done.is_empty() {
             return;
         }
+        self.in_flight -= done.len() as u64;
         for KeyedOutcome {
             key: (line, document),
             outcome,
@@ -239,7 +278,7 @@ impl Run {
     }
 
     /// Prints the summary and returns the exit status.
-    fn finish(mut self, interrupted: bool, dedupe: bool) -> u8 {
+    fn finish(mut self, stop: Stop, dedupe: bool) -> u8 {
         if let Some(progress) = self.progress.take() {
             progress.finish_and_clear();
         }
@@ -259,16 +298,25 @@ impl Run {
             elapsed.as_secs_f64(),
             rate(self.counts.done(), elapsed)
         );
-        if interrupted {
-            eprintln!(
-                "interrupted before the end of the input; {}",
-                if dedupe {
-                    "run the same command again to enqueue only what is missing"
-                } else {
-                    "rerun with --dedupe to enqueue only what is missing"
-                }
-            );
-            return EXIT_INTERRUPTED;
+        let resume = if dedupe {
+            "run the same command again to enqueue only what is missing"
+        } else {
+            "rerun with --dedupe to enqueue only what is missing"
+        };
+        match stop {
+            Stop::End => {}
+            Stop::Interrupted => {
+                eprintln!("interrupted before the end of the input; {resume}");
+                return EXIT_INTERRUPTED;
+            }
+            Stop::Aborted => {
+                eprintln!(
+                    "aborted: {} documents read up to input line {} got no answer and may or may \
+                     not have been enqueued (those counted above are settled); {resume}",
+                    self.in_flight, self.line_number
+                );
+                return EXIT_INTERRUPTED;
+            }
         }
         if failed > 0 {
             eprintln!("failed documents are listed on stdout; feed them back in to retry");
