@@ -61,7 +61,7 @@ pub use client::{
     CallOptions, ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_ENDPOINT, DEFAULT_TOTAL_TIMEOUT, Enqueued,
 };
-pub use config::{EMULATOR_HOST_VAR, Settings, Target};
+pub use config::{EMULATOR_HOST_VAR, OIDC_ISSUER_VAR, Settings, Target};
 pub use dedupe::document_task_id;
 pub use error::{ConfigError, ConfigProblem, Error};
 pub use google_cloud_auth::credentials::Credentials;
