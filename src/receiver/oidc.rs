@@ -411,6 +411,10 @@ pub(super) fn check_key_url(url: &str) -> Result<(), String> {
 fn trusted_url(value: &str, what: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(value)
         .map_err(|error| format!("{what} {value:?} is not an absolute URL ({error})"))?;
+    // Checked first, so that no message below repeats a password.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{what} carries credentials; remove them"));
+    }
     let host = url.host_str().unwrap_or_default();
     if host.is_empty() {
         return Err(format!("{what} {value:?} has no host"));
@@ -428,9 +432,6 @@ fn trusted_url(value: &str, what: &str) -> Result<url::Url, String> {
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!("{what} {value:?} has a query or fragment"));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("{what} {value:?} carries credentials"));
     }
     Ok(url)
 }
@@ -621,7 +622,8 @@ mod tests {
     async fn missing_or_non_bearer_authorization_is_missing_token() {
         let verifier = OidcVerifier::builder("https://a.example", "sa@p.iam.gserviceaccount.com")
             .with_jwks_url("http://127.0.0.1:9/unused")
-            .build();
+            .build()
+            .unwrap();
         let mut headers = HeaderMap::new();
         assert_eq!(
             verifier.verify_request(&headers).await,
@@ -641,7 +643,8 @@ mod tests {
     async fn garbage_is_malformed_and_not_echoed() {
         let verifier = OidcVerifier::builder("https://a.example", "sa@p.iam.gserviceaccount.com")
             .with_jwks_url("http://127.0.0.1:9/unused")
-            .build();
+            .build()
+            .unwrap();
         let error = verifier.verify("not-a-jwt-secretvalue").await.unwrap_err();
         assert_eq!(error.check(), "format");
         assert!(!error.to_string().contains("secretvalue"), "{error}");
