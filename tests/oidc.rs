@@ -898,3 +898,175 @@ fn a_jwks_url_must_be_https_or_loopback_http() {
         .build()
         .unwrap();
 }
+
+/// `CloudTask<T>` in an axum router: the answers Cloud Tasks gets for each rejection and each
+/// `TaskOutcome`, and that the handler runs only for verified requests.
+#[cfg(feature = "axum")]
+mod extractor {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::extract::FromRef;
+    use axum::routing::post;
+    use cloud_tasks::ProcessDocumentPayload;
+    use cloud_tasks::receiver::{CloudTask, OidcVerifier, TaskOutcome};
+    use serde_json::json;
+
+    use super::{AUDIENCE, Issuer, TestKey, task_headers, with};
+
+    static HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Clone)]
+    struct State {
+        verifier: OidcVerifier,
+    }
+
+    impl FromRef<State> for OidcVerifier {
+        fn from_ref(state: &State) -> Self {
+            state.verifier.clone()
+        }
+    }
+
+    /// The outcome is chosen by the document's filename.
+    async fn handler(task: CloudTask<ProcessDocumentPayload>) -> TaskOutcome {
+        HANDLED.fetch_add(1, Ordering::SeqCst);
+        match task.payload.filename.as_str() {
+            "retry.pdf" => TaskOutcome::retry_after(Duration::from_secs(30)),
+            "busy.pdf" => TaskOutcome::retry_later(),
+            "gone.pdf" => TaskOutcome::give_up("the document was deleted"),
+            _ => TaskOutcome::Done,
+        }
+    }
+
+    /// Serves the handler with `verifier`; returns the task URL.
+    async fn serve(verifier: OidcVerifier) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/task", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route("/task", post(handler))
+            .with_state(State { verifier });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn body(filename: &str) -> String {
+        json!({ "document_id": cloud_tasks::Uuid::new_v4(), "filename": filename }).to_string()
+    }
+
+    struct Answer {
+        status: u16,
+        retry_after: Option<String>,
+        www_authenticate: Option<String>,
+        text: String,
+    }
+
+    async fn post_task(url: &str, token: Option<&str>, body: String) -> Answer {
+        let mut request = reqwest::Client::new().post(url).body(body);
+        for (name, value) in &task_headers(token) {
+            request = request.header(name.as_str(), value.to_str().unwrap());
+        }
+        let response = request.send().await.unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|value| value.to_str().unwrap().to_owned())
+        };
+        Answer {
+            status: response.status().as_u16(),
+            retry_after: header("retry-after"),
+            www_authenticate: header("www-authenticate"),
+            text: response.text().await.unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn outcomes_and_rejections_are_the_statuses_cloud_tasks_acts_on() {
+        let key = TestKey::generate("key-1");
+        let issuer = Issuer::start(&[&key]).await;
+        let url = serve(issuer.verifier()).await;
+        let token = key.sign(&issuer.claims());
+        let handled = || HANDLED.load(Ordering::SeqCst);
+
+        // Outcomes: 2xx completes the task, anything else is retried.
+        let done = post_task(&url, Some(&token), body("report.pdf")).await;
+        assert_eq!((done.status, done.text.as_str()), (200, "done"));
+        let retry = post_task(&url, Some(&token), body("retry.pdf")).await;
+        assert_eq!(retry.status, 503);
+        assert_eq!(retry.retry_after.as_deref(), Some("30"));
+        let busy = post_task(&url, Some(&token), body("busy.pdf")).await;
+        assert_eq!((busy.status, busy.retry_after), (503, None));
+        let gone = post_task(&url, Some(&token), body("gone.pdf")).await;
+        assert_eq!(
+            gone.status, 200,
+            "giving up must answer 2xx or Cloud Tasks retries"
+        );
+        assert_eq!(handled(), 4);
+
+        // Rejections, before the handler runs.
+        let missing = post_task(&url, None, body("x.pdf")).await;
+        assert_eq!(missing.status, 401);
+        assert_eq!(
+            missing.www_authenticate.as_deref(),
+            Some("Bearer error=\"invalid_token\"")
+        );
+        assert_eq!(missing.text, "OIDC token rejected: token check failed");
+        assert!(!answer_has_token(&done.text, &token) && !answer_has_token(&gone.text, &token));
+
+        let other_audience = key.sign(&with(issuer.claims(), "aud", json!("https://x.example")));
+        let answer = post_task(&url, Some(&other_audience), body("x.pdf")).await;
+        assert_eq!(answer.status, 401);
+        assert_eq!(answer.text, "OIDC token rejected: aud check failed");
+        assert!(
+            !answer.text.contains(AUDIENCE),
+            "expected values stay in the log"
+        );
+        assert!(!answer_has_token(&answer.text, &other_audience));
+
+        let other_account = key.sign(&with(
+            issuer.claims(),
+            "email",
+            json!("intruder@other.iam.gserviceaccount.com"),
+        ));
+        let answer = post_task(&url, Some(&other_account), body("x.pdf")).await;
+        assert_eq!(answer.status, 403, "a valid token of the wrong identity");
+        assert_eq!(answer.text, "OIDC token rejected: email check failed");
+
+        let mut headers = task_headers(Some(&token));
+        headers.remove("x-cloudtasks-taskname");
+        let mut request = reqwest::Client::new().post(&url).body(body("x.pdf"));
+        for (name, value) in &headers {
+            request = request.header(name.as_str(), value.to_str().unwrap());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+        assert_eq!(
+            response.text().await.unwrap(),
+            "bad Cloud Tasks header x-cloudtasks-taskname"
+        );
+
+        let answer = post_task(&url, Some(&token), r#"{"filename": 7}"#.to_owned()).await;
+        assert_eq!(
+            (answer.status, answer.text.as_str()),
+            (400, "task body is not the expected JSON")
+        );
+
+        assert_eq!(handled(), 4, "no rejected request reached the handler");
+    }
+
+    fn answer_has_token(text: &str, token: &str) -> bool {
+        text.contains(token.rsplit('.').next().unwrap())
+    }
+
+    #[tokio::test]
+    async fn unavailable_keys_answer_503_so_cloud_tasks_retries() {
+        let key = TestKey::generate("key-1");
+        let issuer = Issuer::start(&[&key]).await;
+        issuer.set(|b| b.broken = true);
+        let url = serve(issuer.verifier()).await;
+        let answer = post_task(&url, Some(&key.sign(&issuer.claims())), body("x.pdf")).await;
+        assert_eq!(answer.status, 503);
+        assert!(answer.text.contains("retry later"), "{}", answer.text);
+    }
+}
