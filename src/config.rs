@@ -9,6 +9,11 @@ use crate::validate;
 /// credentials), the convention the Firebase SDKs use.
 pub const EMULATOR_HOST_VAR: &str = "CLOUD_TASKS_EMULATOR_HOST";
 
+/// Environment variable naming a token issuer other than Google, such as the local emulator
+/// (`http://127.0.0.1:8123`); `cloud-tasks emulator` prints it. The receiver accepts only an
+/// `https` origin, or `http` on a loopback host.
+pub const OIDC_ISSUER_VAR: &str = "CLOUD_TASKS_OIDC_ISSUER";
+
 /// The backend's Cloud Tasks settings, with the Python backend's variable names and defaults.
 ///
 /// The empty defaults let local development run without Cloud Tasks: ask
@@ -23,6 +28,7 @@ pub const EMULATOR_HOST_VAR: &str = "CLOUD_TASKS_EMULATOR_HOST";
 /// | `cloud_run_service_url` | `CLOUD_RUN_SERVICE_URL` | `""` |
 /// | `cloud_run_service_account` | `CLOUD_RUN_SERVICE_ACCOUNT` | `""` |
 /// | `emulator_host` | `CLOUD_TASKS_EMULATOR_HOST` | unset |
+/// | `oidc_issuer` | `CLOUD_TASKS_OIDC_ISSUER` | unset (Google) |
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Settings {
@@ -40,6 +46,9 @@ pub struct Settings {
     /// `host:port` of a Cloud Tasks emulator; when set, the client speaks plaintext without
     /// credentials.
     pub emulator_host: Option<String>,
+    /// Issuer of the OIDC tokens the receiver accepts, when it is not Google (the local
+    /// emulator); read by `receiver::OidcVerifier::from_settings`, which checks it.
+    pub oidc_issuer: Option<String>,
 }
 
 impl Default for Settings {
@@ -51,6 +60,7 @@ impl Default for Settings {
             cloud_run_service_url: String::new(),
             cloud_run_service_account: String::new(),
             emulator_host: None,
+            oidc_issuer: None,
         }
     }
 }
@@ -96,6 +106,7 @@ impl Settings {
                 defaults.cloud_run_service_account,
             ),
             emulator_host: lookup(EMULATOR_HOST_VAR).filter(|host| !host.is_empty()),
+            oidc_issuer: lookup(OIDC_ISSUER_VAR).filter(|issuer| !issuer.is_empty()),
         }
     }
 
@@ -259,6 +270,7 @@ mod tests {
         assert_eq!(defaults.cloud_run_service_url, "");
         assert_eq!(defaults.cloud_run_service_account, "");
         assert_eq!(defaults.emulator_host, None);
+        assert_eq!(defaults.oidc_issuer, None);
         assert!(!defaults.is_cloud_tasks_configured());
     }
 

@@ -68,7 +68,7 @@ pub use client::{
     DEFAULT_ENDPOINT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_TCP_KEEPALIVE, DEFAULT_TOTAL_TIMEOUT, Enqueued,
 };
-pub use config::{EMULATOR_HOST_VAR, Settings, Target};
+pub use config::{EMULATOR_HOST_VAR, OIDC_ISSUER_VAR, Settings, Target};
 pub use dedupe::document_task_id;
 pub use error::{ConfigError, ConfigProblem, Error};
 pub use google_cloud_auth::credentials::Credentials;

@@ -45,11 +45,11 @@ fn demo_processes_every_document_and_exits_0() {
     );
     assert_eq!(stdout.matches("-> 200 processed").count(), 4, "{stdout}");
     assert_eq!(
-        stdout.matches("-> 500 simulated failure").count(),
+        stdout.matches("-> 503 simulated failure").count(),
         2,
         "{stdout}"
     );
-    assert_eq!(stdout.matches("retry 1 (after 500)").count(), 2, "{stdout}");
+    assert_eq!(stdout.matches("retry 1 (after 503)").count(), 2, "{stdout}");
     assert_eq!(
         stdout.matches("OIDC token verified  -> ").count(),
         6,

@@ -4,15 +4,17 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cloud_tasks::ProcessDocumentPayload;
-use cloud_tasks::receiver::{self, OidcVerifier, Rejection, VerifyError};
+use cloud_tasks::receiver::{
+    self, GOOGLE_ISSUERS, OidcVerifier, Rejection, VerifiedToken, VerifyError,
+};
+use cloud_tasks::{OIDC_ISSUER_VAR, ProcessDocumentPayload, Settings};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -81,16 +83,31 @@ fn der_element(input: &[u8], tag: u8) -> (&[u8], &[u8]) {
     (&input[header..header + length], &input[header + length..])
 }
 
-/// A local OIDC issuer: discovery document and JWKS, with a count of JWKS fetches.
+/// How the local issuer answers.
+#[derive(Debug, Clone, Default)]
+struct Behaviour {
+    /// Answer 500 to every request.
+    broken: bool,
+    /// Read requests and never answer (a hung server).
+    hang: bool,
+    /// Wait this long before answering.
+    delay: Duration,
+    /// The JWKS response's `Cache-Control`.
+    cache_control: Option<String>,
+    /// Bytes of padding added to the JWKS document.
+    padding: usize,
+}
+
+/// A local OIDC issuer: discovery document and JWKS, with a count of JWKS requests.
 struct Issuer {
     url: String,
     keys: Arc<Mutex<Vec<Value>>>,
     jwks_fetches: Arc<AtomicUsize>,
-    /// Answer 500 to every request.
-    broken: Arc<std::sync::atomic::AtomicBool>,
+    behaviour: Arc<Mutex<Behaviour>>,
 }
 
 impl Issuer {
+    /// Serves discovery and a JWKS with `keys` on 127.0.0.1:0, one task per connection.
     async fn start(keys: &[&TestKey]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -98,42 +115,31 @@ impl Issuer {
             url: url.clone(),
             keys: Arc::new(Mutex::new(keys.iter().map(|key| key.jwk.clone()).collect())),
             jwks_fetches: Arc::new(AtomicUsize::new(0)),
-            broken: Arc::default(),
+            behaviour: Arc::default(),
         };
-        let (keys, fetches, broken) = (
+        let (keys, fetches, behaviour) = (
             issuer.keys.clone(),
             issuer.jwks_fetches.clone(),
-            issuer.broken.clone(),
+            issuer.behaviour.clone(),
         );
         tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let mut buffer = vec![0; 16 * 1024];
-                let Ok(read) = stream.read(&mut buffer).await else {
-                    continue;
-                };
-                let request = String::from_utf8_lossy(&buffer[..read]);
-                let path = request.split_whitespace().nth(1).unwrap_or_default();
-                let (status, body) = if broken.load(Ordering::SeqCst) {
-                    ("500 Internal Server Error", "{}".to_owned())
-                } else if path == "/.well-known/openid-configuration" {
-                    let document = json!({ "issuer": url, "jwks_uri": format!("{url}/jwks") });
-                    ("200 OK", document.to_string())
-                } else if path == "/jwks" {
-                    fetches.fetch_add(1, Ordering::SeqCst);
-                    let keys = keys.lock().unwrap().clone();
-                    ("200 OK", json!({ "keys": keys }).to_string())
-                } else {
-                    ("404 Not Found", "{}".to_owned())
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
+            while let Ok((stream, _)) = listener.accept().await {
+                let (keys, fetches, behaviour, url) = (
+                    keys.clone(),
+                    fetches.clone(),
+                    behaviour.clone(),
+                    url.clone(),
                 );
-                stream.write_all(response.as_bytes()).await.ok();
-                stream.shutdown().await.ok();
+                tokio::spawn(async move {
+                    answer(stream, &url, &keys, &fetches, &behaviour).await;
+                });
             }
         });
         issuer
+    }
+
+    fn set(&self, change: impl FnOnce(&mut Behaviour)) {
+        change(&mut self.behaviour.lock().unwrap());
     }
 
     fn publish(&self, key: &TestKey) {
@@ -150,6 +156,7 @@ impl Issuer {
             .with_issuer(&self.url)
             .with_min_refresh_interval(Duration::ZERO)
             .build()
+            .unwrap()
     }
 
     /// Claims Cloud Tasks would send for our audience and service account.
@@ -166,6 +173,62 @@ impl Issuer {
             "sub": "112233445566778899000",
         })
     }
+}
+
+/// Answers one request on `stream` as `behaviour` says.
+async fn answer(
+    mut stream: tokio::net::TcpStream,
+    url: &str,
+    keys: &Mutex<Vec<Value>>,
+    fetches: &AtomicUsize,
+    behaviour: &Mutex<Behaviour>,
+) {
+    let mut buffer = vec![0; 16 * 1024];
+    let Ok(read) = stream.read(&mut buffer).await else {
+        return;
+    };
+    let request = String::from_utf8_lossy(&buffer[..read]);
+    let path = request
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    if path == "/jwks" {
+        fetches.fetch_add(1, Ordering::SeqCst);
+    }
+    let behaviour = behaviour.lock().unwrap().clone();
+    if behaviour.hang {
+        // Hold the connection open, unanswered, until the client gives up.
+        let mut rest = [0; 1024];
+        while stream.read(&mut rest).await.is_ok_and(|n| n > 0) {}
+        return;
+    }
+    tokio::time::sleep(behaviour.delay).await;
+    let mut extra = String::new();
+    let (status, body) = if behaviour.broken {
+        ("500 Internal Server Error", "{}".to_owned())
+    } else if path == "/.well-known/openid-configuration" {
+        let document = json!({ "issuer": url, "jwks_uri": format!("{url}/jwks") });
+        ("200 OK", document.to_string())
+    } else if path == "/jwks" {
+        if let Some(cache_control) = &behaviour.cache_control {
+            extra = format!("Cache-Control: {cache_control}\r\n");
+        }
+        let keys = keys.lock().unwrap().clone();
+        let padding = "x".repeat(behaviour.padding);
+        (
+            "200 OK",
+            json!({ "keys": keys, "padding": padding }).to_string(),
+        )
+    } else {
+        ("404 Not Found", "{}".to_owned())
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await.ok();
+    stream.shutdown().await.ok();
 }
 
 fn now() -> u64 {
@@ -262,7 +325,8 @@ async fn refreshes_for_unknown_kids_are_rate_limited() {
     let verifier = OidcVerifier::builder(AUDIENCE, EMAIL)
         .with_issuer(&issuer.url)
         .with_min_refresh_interval(Duration::from_secs(60))
-        .build();
+        .build()
+        .unwrap();
     verifier
         .verify(&known.sign(&issuer.claims()))
         .await
@@ -420,7 +484,8 @@ async fn google_mode_accepts_both_google_issuer_strings_only() {
     // Google's issuers, with the keys served locally instead of from googleapis.com.
     let verifier = OidcVerifier::builder(AUDIENCE, EMAIL)
         .with_jwks_url(format!("{}/jwks", issuer.url))
-        .build();
+        .build()
+        .unwrap();
     for google in ["https://accounts.google.com", "accounts.google.com"] {
         let claims = with(issuer.claims(), "iss", json!(google));
         let verified = verifier.verify(&key.sign(&claims)).await.unwrap();
@@ -433,8 +498,12 @@ async fn google_mode_accepts_both_google_issuer_strings_only() {
 async fn unreachable_keys_are_a_retryable_failure() {
     let key = TestKey::generate("key-1");
     let issuer = Issuer::start(&[&key]).await;
-    issuer.broken.store(true, Ordering::SeqCst);
-    let verifier = issuer.verifier();
+    issuer.set(|b| b.broken = true);
+    let verifier = OidcVerifier::builder(AUDIENCE, EMAIL)
+        .with_issuer(&issuer.url)
+        .with_failure_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
     let error = assert_rejected(&verifier, &key.sign(&issuer.claims()), "jwks").await;
     assert!(error.is_unavailable());
     assert!(error.to_string().contains("500"), "{error}");
@@ -444,7 +513,7 @@ async fn unreachable_keys_are_a_retryable_failure() {
     );
 
     // Once the issuer answers again, the same verifier recovers.
-    issuer.broken.store(false, Ordering::SeqCst);
+    issuer.set(|b| b.broken = false);
     verifier.verify(&key.sign(&issuer.claims())).await.unwrap();
 }
 
@@ -517,4 +586,487 @@ async fn receive_checks_token_then_headers_then_body() {
         "{rejection}"
     );
     assert_eq!(rejection.status_code(), StatusCode::BAD_REQUEST);
+}
+
+/// Verifies every token at once, each on its own task; returns each result with its latency.
+async fn verify_concurrently(
+    verifier: &OidcVerifier,
+    tokens: Vec<String>,
+) -> Vec<(Result<VerifiedToken, VerifyError>, Duration)> {
+    let mut set = tokio::task::JoinSet::new();
+    for token in tokens {
+        let verifier = verifier.clone();
+        set.spawn(async move {
+            let started = Instant::now();
+            let result = verifier.verify(&token).await;
+            (result, started.elapsed())
+        });
+    }
+    set.join_all().await
+}
+
+/// Prints the latencies (run with `--nocapture` to see them) and returns the slowest.
+fn report(label: &str, results: &[(Result<VerifiedToken, VerifyError>, Duration)]) -> Duration {
+    let mut latencies: Vec<Duration> = results.iter().map(|(_, latency)| *latency).collect();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "{label}: {} verifications, p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    at(1.0)
+}
+
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Keys fresh for 1 s, fetches bounded by [`FETCH_TIMEOUT`].
+fn outage_verifier(issuer: &Issuer) -> OidcVerifier {
+    issuer.set(|b| b.cache_control = Some("public, max-age=1".to_owned()));
+    OidcVerifier::builder(AUDIENCE, EMAIL)
+        .with_issuer(&issuer.url)
+        .with_min_refresh_interval(Duration::ZERO)
+        .with_fetch_timeout(FETCH_TIMEOUT)
+        .build()
+        .unwrap()
+}
+
+/// The issuer goes down (as `down` says) once keys are cached; they expire; 200 deliveries
+/// signed by the cached key arrive at once. Then tokens naming an unknown key arrive.
+async fn ride_out_outage(label: &str, down: impl FnOnce(&mut Behaviour)) {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = outage_verifier(&issuer);
+    verifier.verify(&key.sign(&issuer.claims())).await.unwrap();
+    assert_eq!(issuer.fetches(), 1);
+
+    issuer.set(down);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tokens = (0..200).map(|_| key.sign(&issuer.claims())).collect();
+    let results = verify_concurrently(&verifier, tokens).await;
+    let slowest = report(&format!("{label}, cached key past max-age"), &results);
+    for (result, _) in &results {
+        assert_eq!(result.as_ref().unwrap().key_id, "key-1");
+    }
+    assert!(
+        slowest < FETCH_TIMEOUT / 4,
+        "no delivery waits for the fetch: slowest {slowest:?}"
+    );
+
+    // The one background refresh fails (at once, or after the fetch timeout); meanwhile and
+    // after, a token naming a key the cache does not have is refused at once as unavailable.
+    tokio::time::sleep(FETCH_TIMEOUT + Duration::from_millis(300)).await;
+    assert_eq!(issuer.fetches(), 2, "one refresh for 200 deliveries");
+    let stranger = TestKey::generate("key-2");
+    let tokens = (0..50).map(|_| stranger.sign(&issuer.claims())).collect();
+    let results = verify_concurrently(&verifier, tokens).await;
+    let slowest = report(&format!("{label}, unknown kid"), &results);
+    for (result, _) in &results {
+        let error = result.as_ref().unwrap_err();
+        assert!(error.is_unavailable(), "{error}");
+        assert_eq!(
+            Rejection::from(error.clone()).status_code(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    assert!(
+        slowest < Duration::from_millis(200),
+        "refused quickly: {slowest:?}"
+    );
+    assert_eq!(
+        issuer.fetches(),
+        2,
+        "the remembered failure spares the issuer"
+    );
+    // Known-key deliveries are still accepted.
+    verifier.verify(&key.sign(&issuer.claims())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_jwks_server_delays_no_delivery_signed_by_a_cached_key() {
+    ride_out_outage("JWKS hung", |b| b.hang = true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_jwks_server_delays_no_delivery_signed_by_a_cached_key() {
+    ride_out_outage("JWKS answering 500", |b| b.broken = true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_past_the_staleness_limit_are_not_used() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    issuer.set(|b| b.cache_control = Some("max-age=1".to_owned()));
+    let verifier = OidcVerifier::builder(AUDIENCE, EMAIL)
+        .with_issuer(&issuer.url)
+        .with_min_refresh_interval(Duration::ZERO)
+        .with_max_stale(Duration::from_millis(300))
+        .with_failure_ttl(Duration::ZERO)
+        .build()
+        .unwrap();
+    verifier.verify(&key.sign(&issuer.claims())).await.unwrap();
+    issuer.set(|b| b.broken = true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let error = assert_rejected(&verifier, &key.sign(&issuer.claims()), "jwks").await;
+    assert!(error.is_unavailable());
+    // Back up: the next delivery fetches and is accepted.
+    issuer.set(|b| b.broken = false);
+    verifier.verify(&key.sign(&issuer.claims())).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_jwks_is_fetched_once_for_all_waiters_and_refreshed_in_the_background() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = outage_verifier(&issuer);
+    let delay = Duration::from_millis(800);
+    issuer.set(|b| b.delay = delay);
+
+    // Cold cache: every delivery waits for the same fetch.
+    let tokens = (0..50).map(|_| key.sign(&issuer.claims())).collect();
+    let results = verify_concurrently(&verifier, tokens).await;
+    let slowest = report("slow JWKS (800 ms), cold cache", &results);
+    assert!(results.iter().all(|(result, _)| result.is_ok()));
+    assert_eq!(issuer.fetches(), 1, "one fetch shared by 50 waiters");
+    // Discovery and JWKS are two slow round trips; a second fetch would be two more.
+    assert!(
+        slowest < delay * 3,
+        "nobody waited for a second fetch: {slowest:?}"
+    );
+
+    // Past max-age: deliveries use the cached key while one refresh runs.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tokens = (0..50).map(|_| key.sign(&issuer.claims())).collect();
+    let results = verify_concurrently(&verifier, tokens).await;
+    let slowest = report("slow JWKS (800 ms), cached key past max-age", &results);
+    assert!(results.iter().all(|(result, _)| result.is_ok()));
+    assert!(
+        slowest < delay / 2,
+        "nobody waited for the refresh: {slowest:?}"
+    );
+    tokio::time::sleep(delay + Duration::from_millis(300)).await;
+    assert_eq!(
+        issuer.fetches(),
+        2,
+        "Cache-Control: max-age=1 made one refresh"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_picked_up_by_one_fetch() {
+    let old = TestKey::generate("2024-old");
+    let issuer = Issuer::start(&[&old]).await;
+    issuer.set(|b| b.cache_control = Some("public, max-age=3600".to_owned()));
+    let verifier = OidcVerifier::builder(AUDIENCE, EMAIL)
+        .with_issuer(&issuer.url)
+        .with_min_refresh_interval(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    verifier.verify(&old.sign(&issuer.claims())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    verifier.verify(&old.sign(&issuer.claims())).await.unwrap();
+    assert_eq!(issuer.fetches(), 1, "max-age=3600 keeps the keys");
+
+    // The issuer rotates: the new key is published and the old one withdrawn. The first
+    // deliveries signed by the new key fetch once, together.
+    let new = TestKey::generate("2025-new");
+    *issuer.keys.lock().unwrap() = vec![new.jwk.clone()];
+    let tokens = (0..100).map(|_| new.sign(&issuer.claims())).collect();
+    let results = verify_concurrently(&verifier, tokens).await;
+    report("rotation, 100 deliveries with the new kid", &results);
+    for (result, _) in &results {
+        assert_eq!(result.as_ref().unwrap().key_id, "2025-new");
+    }
+    assert_eq!(issuer.fetches(), 2);
+    // The withdrawn key is refused without another fetch (within the refresh interval).
+    assert_rejected(&verifier, &old.sign(&issuer.claims()), "kid").await;
+    assert_eq!(issuer.fetches(), 2);
+}
+
+#[tokio::test]
+async fn an_oversized_jwks_is_refused() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    issuer.set(|b| b.padding = cloud_tasks::receiver::MAX_JWKS_BYTES);
+    let error = assert_rejected(&issuer.verifier(), &key.sign(&issuer.claims()), "jwks").await;
+    assert!(error.to_string().contains("limit"), "{error}");
+}
+
+fn settings(vars: &[(&str, &str)]) -> Settings {
+    let vars: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+        .collect();
+    Settings::from_lookup(|name| vars.get(name).cloned())
+}
+
+fn receiver_settings(issuer: Option<&str>) -> Settings {
+    let mut vars = vec![
+        (
+            "CLOUD_RUN_SERVICE_URL",
+            "https://backend-abc123-uc.a.run.app/",
+        ),
+        ("CLOUD_RUN_SERVICE_ACCOUNT", EMAIL),
+    ];
+    vars.extend(issuer.map(|issuer| (OIDC_ISSUER_VAR, issuer)));
+    settings(&vars)
+}
+
+#[test]
+fn settings_without_an_issuer_trust_google_only() {
+    let verifier = OidcVerifier::from_settings(&receiver_settings(None))
+        .build()
+        .unwrap();
+    assert_eq!(verifier.issuers(), GOOGLE_ISSUERS);
+    assert_eq!(verifier.audience(), AUDIENCE, "trailing slash dropped");
+    assert_eq!(verifier.service_account_email(), EMAIL);
+}
+
+#[test]
+fn another_issuer_must_be_https_or_loopback_http() {
+    for accepted in [
+        "https://issuer.example",
+        "https://issuer.example/",
+        "http://127.0.0.1:8123",
+        "http://127.8.9.10:8123",
+        "http://localhost:8123",
+        "http://[::1]:8123",
+    ] {
+        let verifier = OidcVerifier::from_settings(&receiver_settings(Some(accepted)))
+            .build()
+            .unwrap_or_else(|error| panic!("{accepted}: {error}"));
+        assert_eq!(verifier.issuers(), [accepted.trim_end_matches('/')]);
+    }
+    for refused in [
+        "http://issuer.example",
+        "http://10.0.0.8:8123",
+        "http://0.0.0.0:8123",
+        "ftp://issuer.example",
+        "issuer.example",
+        "https://issuer.example/tenant",
+        "https://issuer.example?x=1",
+        "https://user:secret@issuer.example",
+    ] {
+        let error = OidcVerifier::from_settings(&receiver_settings(Some(refused)))
+            .build()
+            .unwrap_err();
+        let named: Vec<_> = error.problems().iter().map(|p| p.setting).collect();
+        assert_eq!(named, [OIDC_ISSUER_VAR], "{refused}: {error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+}
+
+#[test]
+fn every_bad_receiver_setting_is_named_at_start_up() {
+    let error = OidcVerifier::from_settings(&settings(&[
+        ("CLOUD_RUN_SERVICE_URL", "http://backend.example"),
+        ("CLOUD_RUN_SERVICE_ACCOUNT", "not-an-email"),
+        (OIDC_ISSUER_VAR, "http://issuer.example"),
+    ]))
+    .build()
+    .unwrap_err();
+    let named: Vec<_> = error.problems().iter().map(|p| p.setting).collect();
+    assert_eq!(
+        named,
+        [
+            "CLOUD_RUN_SERVICE_URL",
+            "CLOUD_RUN_SERVICE_ACCOUNT",
+            OIDC_ISSUER_VAR
+        ]
+    );
+    let error = OidcVerifier::from_settings(&settings(&[]))
+        .build()
+        .unwrap_err();
+    let named: Vec<_> = error.problems().iter().map(|p| p.setting).collect();
+    assert_eq!(
+        named,
+        ["CLOUD_RUN_SERVICE_URL", "CLOUD_RUN_SERVICE_ACCOUNT"]
+    );
+}
+
+#[test]
+fn a_jwks_url_must_be_https_or_loopback_http() {
+    let error = OidcVerifier::builder(AUDIENCE, EMAIL)
+        .with_jwks_url("http://keys.example/jwks")
+        .build()
+        .unwrap_err();
+    assert_eq!(error.problems()[0].setting, "JWKS URL");
+    OidcVerifier::builder(AUDIENCE, EMAIL)
+        .with_jwks_url("https://keys.example/jwks")
+        .build()
+        .unwrap();
+}
+
+/// `CloudTask<T>` in an axum router: the answers Cloud Tasks gets for each rejection and each
+/// `TaskOutcome`, and that the handler runs only for verified requests.
+#[cfg(feature = "axum")]
+mod extractor {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use axum::Router;
+    use axum::extract::FromRef;
+    use axum::routing::post;
+    use cloud_tasks::ProcessDocumentPayload;
+    use cloud_tasks::receiver::{CloudTask, OidcVerifier, TaskOutcome};
+    use serde_json::json;
+
+    use super::{AUDIENCE, Issuer, TestKey, task_headers, with};
+
+    static HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+    #[derive(Clone)]
+    struct State {
+        verifier: OidcVerifier,
+    }
+
+    impl FromRef<State> for OidcVerifier {
+        fn from_ref(state: &State) -> Self {
+            state.verifier.clone()
+        }
+    }
+
+    /// The outcome is chosen by the document's filename.
+    async fn handler(task: CloudTask<ProcessDocumentPayload>) -> TaskOutcome {
+        HANDLED.fetch_add(1, Ordering::SeqCst);
+        match task.payload.filename.as_str() {
+            "retry.pdf" => TaskOutcome::retry_after(Duration::from_secs(30)),
+            "busy.pdf" => TaskOutcome::retry_later(),
+            "gone.pdf" => TaskOutcome::give_up("the document was deleted"),
+            _ => TaskOutcome::Done,
+        }
+    }
+
+    /// Serves the handler with `verifier`; returns the task URL.
+    async fn serve(verifier: OidcVerifier) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/task", listener.local_addr().unwrap());
+        let app = Router::new()
+            .route("/task", post(handler))
+            .with_state(State { verifier });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn body(filename: &str) -> String {
+        json!({ "document_id": cloud_tasks::Uuid::new_v4(), "filename": filename }).to_string()
+    }
+
+    struct Answer {
+        status: u16,
+        retry_after: Option<String>,
+        www_authenticate: Option<String>,
+        text: String,
+    }
+
+    async fn post_task(url: &str, token: Option<&str>, body: String) -> Answer {
+        let mut request = reqwest::Client::new().post(url).body(body);
+        for (name, value) in &task_headers(token) {
+            request = request.header(name.as_str(), value.to_str().unwrap());
+        }
+        let response = request.send().await.unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|value| value.to_str().unwrap().to_owned())
+        };
+        Answer {
+            status: response.status().as_u16(),
+            retry_after: header("retry-after"),
+            www_authenticate: header("www-authenticate"),
+            text: response.text().await.unwrap(),
+        }
+    }
+
+    #[tokio::test]
+    async fn outcomes_and_rejections_are_the_statuses_cloud_tasks_acts_on() {
+        let key = TestKey::generate("key-1");
+        let issuer = Issuer::start(&[&key]).await;
+        let url = serve(issuer.verifier()).await;
+        let token = key.sign(&issuer.claims());
+        let handled = || HANDLED.load(Ordering::SeqCst);
+
+        // Outcomes: 2xx completes the task, anything else is retried.
+        let done = post_task(&url, Some(&token), body("report.pdf")).await;
+        assert_eq!((done.status, done.text.as_str()), (200, "done"));
+        let retry = post_task(&url, Some(&token), body("retry.pdf")).await;
+        assert_eq!(retry.status, 503);
+        assert_eq!(retry.retry_after.as_deref(), Some("30"));
+        let busy = post_task(&url, Some(&token), body("busy.pdf")).await;
+        assert_eq!((busy.status, busy.retry_after), (503, None));
+        let gone = post_task(&url, Some(&token), body("gone.pdf")).await;
+        assert_eq!(
+            gone.status, 200,
+            "giving up must answer 2xx or Cloud Tasks retries"
+        );
+        assert_eq!(handled(), 4);
+
+        // Rejections, before the handler runs.
+        let missing = post_task(&url, None, body("x.pdf")).await;
+        assert_eq!(missing.status, 401);
+        assert_eq!(
+            missing.www_authenticate.as_deref(),
+            Some("Bearer error=\"invalid_token\"")
+        );
+        assert_eq!(missing.text, "OIDC token rejected: token check failed");
+        assert!(!answer_has_token(&done.text, &token) && !answer_has_token(&gone.text, &token));
+
+        let other_audience = key.sign(&with(issuer.claims(), "aud", json!("https://x.example")));
+        let answer = post_task(&url, Some(&other_audience), body("x.pdf")).await;
+        assert_eq!(answer.status, 401);
+        assert_eq!(answer.text, "OIDC token rejected: aud check failed");
+        assert!(
+            !answer.text.contains(AUDIENCE),
+            "expected values stay in the log"
+        );
+        assert!(!answer_has_token(&answer.text, &other_audience));
+
+        let other_account = key.sign(&with(
+            issuer.claims(),
+            "email",
+            json!("intruder@other.iam.gserviceaccount.com"),
+        ));
+        let answer = post_task(&url, Some(&other_account), body("x.pdf")).await;
+        assert_eq!(answer.status, 403, "a valid token of the wrong identity");
+        assert_eq!(answer.text, "OIDC token rejected: email check failed");
+
+        let mut headers = task_headers(Some(&token));
+        headers.remove("x-cloudtasks-taskname");
+        let mut request = reqwest::Client::new().post(&url).body(body("x.pdf"));
+        for (name, value) in &headers {
+            request = request.header(name.as_str(), value.to_str().unwrap());
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 400);
+        assert_eq!(
+            response.text().await.unwrap(),
+            "bad Cloud Tasks header x-cloudtasks-taskname"
+        );
+
+        let answer = post_task(&url, Some(&token), r#"{"filename": 7}"#.to_owned()).await;
+        assert_eq!(
+            (answer.status, answer.text.as_str()),
+            (400, "task body is not the expected JSON")
+        );
+
+        assert_eq!(handled(), 4, "no rejected request reached the handler");
+    }
+
+    fn answer_has_token(text: &str, token: &str) -> bool {
+        text.contains(token.rsplit('.').next().unwrap())
+    }
+
+    #[tokio::test]
+    async fn unavailable_keys_answer_503_so_cloud_tasks_retries() {
+        let key = TestKey::generate("key-1");
+        let issuer = Issuer::start(&[&key]).await;
+        issuer.set(|b| b.broken = true);
+        let url = serve(issuer.verifier()).await;
+        let answer = post_task(&url, Some(&key.sign(&issuer.claims())), body("x.pdf")).await;
+        assert_eq!(answer.status, 503);
+        assert!(answer.text.contains("retry later"), "{}", answer.text);
+    }
 }

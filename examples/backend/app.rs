@@ -3,21 +3,22 @@
 //!
 //! - `POST /api/documents` with `{"filename": "..."}`: the upload endpoint. It enqueues a
 //!   document-processing task and answers 202 with the document ID and task name.
-//! - `POST /api/tasks/process-document`: the task handler Cloud Tasks calls. It verifies the
-//!   OIDC token, reads the `X-CloudTasks-*` headers and the JSON body with
-//!   `cloud_tasks::receiver::receive`, then hands the delivery to a [`Processor`]. A 2xx answer
-//!   completes the task; anything else makes Cloud Tasks retry it.
+//! - `POST /api/tasks/process-document`: the task handler Cloud Tasks calls. The `CloudTask`
+//!   extractor verifies the OIDC token, reads the `X-CloudTasks-*` headers and the JSON body
+//!   before the handler runs; the handler processes the document once ([`Documents`]) with a
+//!   [`Processor`] and answers with its `TaskOutcome`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{FromRef, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use cloud_tasks::receiver::{self, Delivery, OidcVerifier, Rejection};
+use cloud_tasks::receiver::{CloudTask, OidcVerifier, TaskOutcome};
 use cloud_tasks::{CloudTasksClient, PROCESS_DOCUMENT_PATH, ProcessDocumentPayload, Uuid};
 use serde::Deserialize;
 
@@ -26,24 +27,41 @@ pub const UPLOAD_PATH: &str = "/api/documents";
 
 /// The work done for a verified delivery: the application's part.
 pub trait Processor: Send + Sync + 'static {
-    /// Processes one document. An error makes the handler answer 500, so Cloud Tasks retries.
+    /// Processes one document. [`Documents::process_once`] calls it at most once at a time per
+    /// document, and not again once it answered `Done` or `GiveUp`.
     fn process(
         &self,
-        delivery: Delivery<ProcessDocumentPayload>,
-    ) -> impl Future<Output = Result<(), String>> + Send;
-
-    /// Called for each request the handler refused; the handler logs it already.
-    fn rejected(&self, _rejection: &Rejection) {}
+        task: &CloudTask<ProcessDocumentPayload>,
+    ) -> impl Future<Output = TaskOutcome> + Send;
 }
 
-/// What both routes need.
+/// What both routes need; the task route's verifier comes from it through `FromRef`.
 pub struct App<P> {
     /// Enqueues from the upload route.
     pub client: CloudTasksClient,
     /// Checks the task route's OIDC tokens.
     pub verifier: OidcVerifier,
     /// Does the work.
-    pub processor: P,
+    pub processor: Arc<P>,
+    /// Which documents are done.
+    pub documents: Documents,
+}
+
+impl<P> Clone for App<P> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            verifier: self.verifier.clone(),
+            processor: self.processor.clone(),
+            documents: self.documents.clone(),
+        }
+    }
+}
+
+impl<P> FromRef<App<P>> for OidcVerifier {
+    fn from_ref(app: &App<P>) -> Self {
+        app.verifier.clone()
+    }
 }
 
 /// The upload and task routes over `app`.
@@ -51,7 +69,121 @@ pub fn router<P: Processor>(app: App<P>) -> Router {
     Router::new()
         .route(UPLOAD_PATH, post(upload::<P>))
         .route(PROCESS_DOCUMENT_PATH, post(process_document::<P>))
-        .with_state(Arc::new(app))
+        .with_state(app)
+}
+
+/// The task route: the extractor has verified everything; this is the processing.
+async fn process_document<P: Processor>(
+    State(app): State<App<P>>,
+    task: CloudTask<ProcessDocumentPayload>,
+) -> TaskOutcome {
+    app.documents
+        .process_once(&task, app.processor.process(&task))
+        .await
+}
+
+/// Each document's processing state, keyed by document ID: the stand-in for the backend's
+/// documents table, which makes Cloud Tasks' at-least-once delivery do the work once.
+///
+/// Keyed on the document, not the task, so that a document enqueued twice (a double submit, a
+/// re-run backfill) is processed once too; key on the task name instead when one document may
+/// legitimately be processed again by a new task. In a database the claim is one conditional
+/// update, e.g. `UPDATE documents SET state = 'processing', claimed_at = now() WHERE id = $1
+/// AND (state = 'pending' OR (state = 'processing' AND claimed_at < now() - interval '15
+/// minutes'))`, which also frees claims left by a crashed instance; this in-memory map covers
+/// one process, where a claim is freed when its delivery ends.
+#[derive(Clone, Default)]
+pub struct Documents {
+    states: Arc<Mutex<HashMap<Uuid, DocumentState>>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DocumentState {
+    Processing,
+    Finished,
+}
+
+impl Documents {
+    /// Runs `work` unless the document is finished (answers `Done`: a duplicate delivery) or
+    /// another delivery is processing it right now (answers retry later: Cloud Tasks brings it
+    /// back, and by then the document is finished or its claim was freed).
+    pub async fn process_once(
+        &self,
+        task: &CloudTask<ProcessDocumentPayload>,
+        work: impl Future<Output = TaskOutcome>,
+    ) -> TaskOutcome {
+        let document = task.payload.document_id;
+        let Some(claim) = self.claim(document) else {
+            return match self.state(document) {
+                Some(DocumentState::Finished) => {
+                    tracing::info!(%document, task = %task.context.task_name,
+                        attempt = task.context.attempt(), "already processed; duplicate delivery");
+                    TaskOutcome::Done
+                }
+                _ => {
+                    tracing::info!(%document, task = %task.context.task_name,
+                        "another delivery is processing this document; retry later");
+                    TaskOutcome::retry_later()
+                }
+            };
+        };
+        let outcome = work.await;
+        if outcome.completes_task() {
+            claim.finish();
+        }
+        outcome
+    }
+
+    /// Whether the document's processing finished (done or given up).
+    pub fn is_finished(&self, document: Uuid) -> bool {
+        self.state(document) == Some(DocumentState::Finished)
+    }
+
+    fn state(&self, document: Uuid) -> Option<DocumentState> {
+        self.lock().get(&document).copied()
+    }
+
+    fn claim(&self, document: Uuid) -> Option<Claim<'_>> {
+        let mut states = self.lock();
+        if states.contains_key(&document) {
+            return None;
+        }
+        states.insert(document, DocumentState::Processing);
+        Some(Claim {
+            documents: self,
+            document,
+            finished: false,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, DocumentState>> {
+        self.states.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A document being processed; freed when dropped unfinished (failed, panicked, or the
+/// delivery was cancelled), so that a retry can claim it.
+struct Claim<'a> {
+    documents: &'a Documents,
+    document: Uuid,
+    finished: bool,
+}
+
+impl Claim<'_> {
+    fn finish(mut self) {
+        self.documents
+            .lock()
+            .insert(self.document, DocumentState::Finished);
+        self.finished = true;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.documents.lock().remove(&self.document);
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -59,7 +191,7 @@ struct Upload {
     filename: String,
 }
 
-async fn upload<P: Processor>(State(app): State<Arc<App<P>>>, body: Bytes) -> Response {
+async fn upload<P: Processor>(State(app): State<App<P>>, body: Bytes) -> Response {
     let upload: Upload = match serde_json::from_slice(&body) {
         Ok(upload) => upload,
         Err(error) => {
@@ -89,36 +221,6 @@ async fn upload<P: Processor>(State(app): State<Arc<App<P>>>, body: Bytes) -> Re
                 StatusCode::SERVICE_UNAVAILABLE
             };
             (status, error.to_string()).into_response()
-        }
-    }
-}
-
-async fn process_document<P: Processor>(
-    State(app): State<Arc<App<P>>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let delivery = match receiver::receive(&app.verifier, &headers, &body).await {
-        Ok(delivery) => delivery,
-        Err(rejection) => {
-            tracing::warn!(%rejection, "refused a task request");
-            app.processor.rejected(&rejection);
-            // The caller learns which check failed, not what was expected.
-            let message = match &rejection {
-                Rejection::Token(error) => {
-                    format!("OIDC token rejected: {} check failed", error.check())
-                }
-                other => other.to_string(),
-            };
-            return (rejection.status_code(), message).into_response();
-        }
-    };
-    let task = delivery.context.task_name.clone();
-    match app.processor.process(delivery).await {
-        Ok(()) => (StatusCode::OK, "processed").into_response(),
-        Err(error) => {
-            tracing::warn!(%task, %error, "processing failed; Cloud Tasks will retry");
-            (StatusCode::INTERNAL_SERVER_ERROR, error).into_response()
         }
     }
 }

@@ -14,7 +14,9 @@
 
 mod app;
 
-use cloud_tasks::receiver::{Delivery, OIDC_ISSUER_VAR, OidcVerifier};
+use std::sync::Arc;
+
+use cloud_tasks::receiver::{CloudTask, OidcVerifier, TaskOutcome};
 use cloud_tasks::{CloudTasksClient, ProcessDocumentPayload, Settings};
 use tokio::net::TcpListener;
 
@@ -22,16 +24,16 @@ use tokio::net::TcpListener;
 struct LogProcessor;
 
 impl app::Processor for LogProcessor {
-    async fn process(&self, delivery: Delivery<ProcessDocumentPayload>) -> Result<(), String> {
+    async fn process(&self, task: &CloudTask<ProcessDocumentPayload>) -> TaskOutcome {
         tracing::info!(
-            document_id = %delivery.payload.document_id,
-            filename = %delivery.payload.filename,
-            task = %delivery.context.task_name,
-            retry_count = delivery.context.retry_count,
-            caller = %delivery.token.email,
+            document_id = %task.payload.document_id,
+            filename = %task.payload.filename,
+            task = %task.context.task_name,
+            attempt = task.context.attempt(),
+            caller = %task.token.email,
             "processing document"
         );
-        Ok(())
+        TaskOutcome::Done
     }
 }
 
@@ -45,19 +47,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let settings = Settings::from_env()?;
     let client = CloudTasksClient::from_settings(&settings)?;
-    let target = client.target();
-    // Google's issuers and keys unless the emulator's issuer is configured.
-    let mut verifier = OidcVerifier::builder(target.service_url(), target.service_account_email());
-    if let Ok(issuer) = std::env::var(OIDC_ISSUER_VAR) {
-        verifier = verifier.with_issuer(issuer);
-    }
+    // The audience and account the client enqueues with; Google as the issuer unless
+    // CLOUD_TASKS_OIDC_ISSUER names an https one or a loopback http one (the emulator). A bad
+    // value stops the backend here, naming the variable.
+    let verifier = OidcVerifier::from_settings(&settings).build()?;
     let address = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
     let listener = TcpListener::bind(&address).await?;
-    tracing::info!(%address, audience = target.service_url(), "backend listening");
+    tracing::info!(
+        %address,
+        audience = verifier.audience(),
+        issuers = ?verifier.issuers(),
+        "backend listening"
+    );
     let app = app::App {
         client,
-        verifier: verifier.build(),
-        processor: LogProcessor,
+        verifier,
+        processor: Arc::new(LogProcessor),
+        documents: app::Documents::default(),
     };
     axum::serve(listener, app::router(app)).await?;
     Ok(())

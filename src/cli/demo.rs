@@ -12,9 +12,11 @@ mod app;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloud_tasks::receiver::{Delivery, OidcVerifier, Rejection};
+use axum::response::Response;
+use cloud_tasks::receiver::{CloudTask, Delivery, OidcVerifier, Rejection, TaskOutcome};
 use cloud_tasks::{CloudTasksClient, ProcessDocumentPayload, Settings, Uuid};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -39,7 +41,8 @@ pub(super) struct DemoArgs {
     /// How many sample documents to enqueue.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=500))]
     documents: u16,
-    /// How many of them answer 500 on their first attempt, to show Cloud Tasks retrying.
+    /// How many of them answer 503 (retry later) on their first attempt, to show Cloud Tasks
+    /// retrying.
     #[arg(long, default_value_t = 1)]
     fail_first_attempts: u16,
     /// Give up (exit 1) if not every document is processed within this many seconds.
@@ -56,34 +59,28 @@ enum Event {
     Rejected(String),
 }
 
-/// Processing for the demo: report the verified delivery, and fail the first attempt of the
-/// chosen documents.
+/// Processing for the demo: report the verified delivery, and ask for a retry on the first
+/// attempt of the chosen documents.
 struct DemoProcessor {
     events: mpsc::UnboundedSender<Event>,
     fail_first: HashSet<Uuid>,
 }
 
 impl app::Processor for DemoProcessor {
-    async fn process(&self, delivery: Delivery<ProcessDocumentPayload>) -> Result<(), String> {
-        let simulated_failure = delivery.context.retry_count == 0
-            && self.fail_first.contains(&delivery.payload.document_id);
+    async fn process(&self, task: &CloudTask<ProcessDocumentPayload>) -> TaskOutcome {
+        let simulated_failure =
+            !task.context.is_retry() && self.fail_first.contains(&task.payload.document_id);
         self.events
             .send(Event::Delivered {
-                delivery: Box::new(delivery),
+                delivery: Box::new(task.0.clone()),
                 simulated_failure,
             })
             .ok();
         if simulated_failure {
-            Err("simulated failure on the first attempt".to_owned())
+            TaskOutcome::retry_later()
         } else {
-            Ok(())
+            TaskOutcome::Done
         }
-    }
-
-    fn rejected(&self, rejection: &Rejection) {
-        self.events
-            .send(Event::Rejected(rejection.to_string()))
-            .ok();
     }
 }
 
@@ -159,6 +156,7 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
         })
         .collect();
     let (events, mut received) = mpsc::unbounded_channel();
+    let rejections = events.clone();
     let processor = DemoProcessor {
         events,
         fail_first: documents
@@ -169,12 +167,21 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
     };
     let verifier = OidcVerifier::builder(client.target().service_url(), service_account)
         .with_issuer(&issuer)
-        .build();
+        .build()
+        .map_err(|error| Failure::Usage(error.to_string()))?;
     let handler = app::router(app::App {
         client: client.clone(),
         verifier,
-        processor,
-    });
+        processor: Arc::new(processor),
+        documents: app::Documents::default(),
+    })
+    // The extractor answers refused requests itself; the demo stops at the first.
+    .layer(axum::middleware::map_response(move |response: Response| {
+        if let Some(rejection) = response.extensions().get::<Rejection>() {
+            rejections.send(Event::Rejected(rejection.to_string())).ok();
+        }
+        std::future::ready(response)
+    }));
     tokio::spawn(async move { axum::serve(handler_listener, handler).await });
 
     println!("cloud-tasks demo: Cloud Tasks emulator, local handler, OIDC verification\n");
@@ -298,7 +305,7 @@ async fn watch_deliveries(
             .map(|status| format!(" (after {status})"))
             .unwrap_or_default();
         let outcome = if simulated_failure {
-            "-> 500 simulated failure, Cloud Tasks retries"
+            "-> 503 simulated failure, Cloud Tasks retries"
         } else {
             processed.insert(delivery.payload.document_id);
             "-> 200 processed"

@@ -94,6 +94,22 @@ impl TaskContext {
     pub fn is_retry(&self) -> bool {
         self.retry_count > 0
     }
+
+    /// The number of this attempt: 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.retry_count.saturating_add(1)
+    }
+
+    /// Whether this attempt is the last one a queue with this `max_attempts` makes (its
+    /// `RetryConfig.max_attempts`: attempts per task, the first included; -1 means unlimited),
+    /// so a handler can record a final failure before answering one.
+    ///
+    /// Exact when the queue's `max_retry_duration` is 0 (unset). When it is set, Cloud Tasks
+    /// stops only once both limits are reached, so an attempt this calls the last may be
+    /// followed by more until that duration has passed.
+    pub fn is_last_attempt(&self, max_attempts: i32) -> bool {
+        u32::try_from(max_attempts).is_ok_and(|max| max > 0 && self.attempt() >= max)
+    }
 }
 
 /// The header's value as text; `Ok(None)` when absent.
@@ -214,6 +230,27 @@ mod tests {
         assert_eq!(context.previous_response, None);
         assert_eq!(context.retry_reason, None);
         assert!(!context.is_retry());
+        assert_eq!(context.attempt(), 1);
+    }
+
+    #[test]
+    fn last_attempt_follows_max_attempts() {
+        let mut headers = first_attempt();
+        let context = TaskContext::from_headers(&headers).unwrap();
+        assert!(context.is_last_attempt(1));
+        assert!(!context.is_last_attempt(2));
+        assert!(!context.is_last_attempt(-1), "unlimited");
+        headers.insert(RETRY_COUNT_HEADER, HeaderValue::from_static("4"));
+        let fifth = TaskContext::from_headers(&headers).unwrap();
+        assert_eq!(fifth.attempt(), 5);
+        assert!(!fifth.is_last_attempt(6));
+        assert!(fifth.is_last_attempt(5));
+        assert!(
+            fifth.is_last_attempt(3),
+            "past the limit (the queue was changed)"
+        );
+        assert!(!fifth.is_last_attempt(-1));
+        assert!(!fifth.is_last_attempt(0), "0 is unset, not a limit");
     }
 
     #[test]

@@ -1,54 +1,67 @@
 //! The receiving side: what a backend needs to accept a Cloud Tasks delivery.
 //!
 //! - [`OidcVerifier`]: checks the OIDC token Cloud Tasks sends (signature, issuer, audience,
-//!   expiry, service account).
+//!   expiry, service account), with a key cache that rides out an unreachable issuer. Build it
+//!   from the same [`Settings`](crate::Settings) as the client with
+//!   [`OidcVerifier::from_settings`].
 //! - [`TaskContext`]: the `X-CloudTasks-*` headers (task name, retry count, ...), typed.
 //! - [`receive`]: both, plus the JSON body parsed into the shared payload type
 //!   ([`ProcessDocumentPayload`](crate::ProcessDocumentPayload) for document tasks), in the order
 //!   a handler should apply them, with the HTTP status to answer when the request is rejected.
+//! - [`TaskOutcome`]: the handler's answer (done, retry later, give up) as the status Cloud Tasks
+//!   acts on.
+//! - With the `axum` feature, `CloudTask<T>`: all of the above as an axum extractor.
 //!
-//! It is framework-agnostic (only `http` types), so it fits axum, actix-web or hyper alike;
-//! `examples/backend` shows an axum handler. Enable it with the `receiver` feature.
+//! The core is framework-agnostic (only `http` types), so it fits axum, actix-web or hyper alike.
+//! Enable it with the `receiver` feature. `docs/RECEIVING.md` describes how Cloud Tasks retries
+//! and how to process each document once although delivery is at least once.
 //!
 //! ```no_run
-//! # async fn handle(headers: http::HeaderMap, body: Vec<u8>) -> http::StatusCode {
-//! use cloud_tasks::ProcessDocumentPayload;
-//! use cloud_tasks::receiver::{self, OidcVerifier};
+//! # async fn handle(headers: http::HeaderMap, body: Vec<u8>) -> Result<http::StatusCode, Box<dyn std::error::Error>> {
+//! use cloud_tasks::receiver::{self, OidcVerifier, TaskOutcome};
+//! use cloud_tasks::{ProcessDocumentPayload, Settings};
 //!
-//! let verifier = OidcVerifier::builder(
-//!     "https://backend-abc123-uc.a.run.app",
-//!     "tasks-invoker@my-project.iam.gserviceaccount.com",
-//! )
-//! .build();
-//! match receiver::receive::<ProcessDocumentPayload>(&verifier, &headers, &body).await {
+//! // At start-up: a bad setting is an error naming its variable.
+//! let verifier = OidcVerifier::from_settings(&Settings::from_env()?).build()?;
+//!
+//! // Per request:
+//! Ok(match receiver::receive::<ProcessDocumentPayload>(&verifier, &headers, &body).await {
 //!     Ok(delivery) => {
 //!         println!(
 //!             "{} attempt {} for {}",
 //!             delivery.context.task_name,
-//!             delivery.context.retry_count + 1,
+//!             delivery.context.attempt(),
 //!             delivery.payload.filename
 //!         );
-//!         http::StatusCode::OK
+//!         TaskOutcome::Done.status_code()
 //!     }
 //!     Err(rejection) => rejection.status_code(),
-//! }
+//! })
 //! # }
 //! ```
 
+#[cfg(feature = "axum")]
+mod extract;
 mod headers;
+mod jwks;
 mod oidc;
+mod outcome;
 
 use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
+pub use crate::config::OIDC_ISSUER_VAR;
+#[cfg(feature = "axum")]
+pub use extract::{CloudTask, CloudTaskRejection};
 pub use headers::{
     ETA_HEADER, EXECUTION_COUNT_HEADER, HeaderError, PREVIOUS_RESPONSE_HEADER, QUEUE_NAME_HEADER,
     RETRY_COUNT_HEADER, RETRY_REASON_HEADER, TASK_NAME_HEADER, TaskContext,
 };
 pub use oidc::{
-    GOOGLE_ISSUERS, GOOGLE_JWKS_URL, OIDC_ISSUER_VAR, OidcVerifier, OidcVerifierBuilder,
-    VerifiedToken, VerifyError,
+    DEFAULT_FAILURE_TTL, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_STALE, GOOGLE_ISSUERS, GOOGLE_JWKS_URL,
+    MAX_JWKS_BYTES, OidcVerifier, OidcVerifierBuilder, VerifiedToken, VerifyError,
 };
+pub use outcome::TaskOutcome;
 
 /// A delivery that passed every check.
 #[derive(Debug, Clone)]
@@ -103,17 +116,34 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// The status to answer: 401 for a bad token, 503 when the issuer's keys could not be
-    /// fetched (Cloud Tasks retries), 400 for bad headers or body.
+    /// The status to answer: 401 for a missing or invalid token, 403 for a valid token of
+    /// another identity (`email`, `email_verified`), 503 when the issuer's keys cannot be had
+    /// (Cloud Tasks retries), 400 for bad headers or body.
     ///
     /// Cloud Tasks retries every non-2xx answer until the queue's retry limits run out, so a
-    /// body that can never be processed keeps coming back: log it, and answer 2xx yourself if
-    /// you would rather drop it.
+    /// body that can never be processed keeps coming back: it is logged each time.
     pub fn status_code(&self) -> StatusCode {
         match self {
             Self::Token(error) if error.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Token(VerifyError::WrongEmail { .. } | VerifyError::EmailNotVerified) => {
+                StatusCode::FORBIDDEN
+            }
             Self::Token(_) => StatusCode::UNAUTHORIZED,
             Self::Headers(_) | Self::Payload { .. } => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// A short answer for the caller: what failed, never the token, what was expected, or the
+    /// body. The whole reason is the `Display` text, for the log.
+    pub fn short_reason(&self) -> String {
+        match self {
+            Self::Token(error) if error.is_unavailable() => {
+                "cannot check the OIDC token now: the issuer's keys are unavailable; retry later"
+                    .to_owned()
+            }
+            Self::Token(error) => format!("OIDC token rejected: {} check failed", error.check()),
+            Self::Headers(error) => format!("bad Cloud Tasks header {}", error.header()),
+            Self::Payload { .. } => "task body is not the expected JSON".to_owned(),
         }
     }
 }

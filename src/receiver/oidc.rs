@@ -3,29 +3,40 @@
 //! Why not `google_cloud_auth::credentials::idtoken::verifier`: it accepts only Google's issuers
 //! (and IAP's ES256 one), so it cannot verify the emulator's tokens, and it takes the algorithm
 //! from the token header. This verifier pins RS256, accepts exactly the configured issuers, and
-//! reports which check failed. The cryptography is `jsonwebtoken`'s (on aws-lc-rs).
+//! reports which check failed. The cryptography is `jsonwebtoken`'s (on aws-lc-rs); the keys
+//! come from `jwks.rs`.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
-use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
+
+use super::jwks::{CachePolicy, KeyCache, KeySource};
+use crate::config::OIDC_ISSUER_VAR;
+use crate::error::{ConfigError, ConfigProblem};
+use crate::{Settings, validate};
 
 /// The two `iss` values Google's ID tokens carry.
 pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
 /// Google's signing keys for ID tokens.
 pub const GOOGLE_JWKS_URL: &str = "https://www.googleapis.com/oauth2/v3/certs";
-/// Environment variable naming a non-Google token issuer, such as the local emulator
-/// (`http://127.0.0.1:8123`); `cloud-tasks emulator` prints it.
-pub const OIDC_ISSUER_VAR: &str = "CLOUD_TASKS_OIDC_ISSUER";
 
 /// Keys are kept this long when the JWKS response has no `Cache-Control: max-age`.
 const DEFAULT_KEYS_MAX_AGE: Duration = Duration::from_secs(60 * 60);
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of [`OidcVerifierBuilder::with_fetch_timeout`].
+pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default of [`OidcVerifierBuilder::with_max_stale`].
+pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(60 * 60);
+/// Default of [`OidcVerifierBuilder::with_failure_ttl`].
+pub const DEFAULT_FAILURE_TTL: Duration = Duration::from_secs(5);
+/// Google's JWKS is about 2 KB; a response past this is refused rather than buffered.
+pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// Connecting to the JWKS host gets at most this much of the fetch timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Verifies Cloud Tasks' OIDC tokens for one audience and one service account.
 ///
@@ -34,58 +45,39 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// audience, and `email` is the expected service account with `email_verified: true`. Without
 /// the email check any Google identity could mint a token for the audience.
 ///
-/// Keys are cached by `kid` for as long as the JWKS response's `Cache-Control: max-age` allows
-/// and fetched again when a token names an unknown `kid` (at most once per
-/// [`OidcVerifierBuilder::with_min_refresh_interval`], so forged `kid`s cannot make the verifier
-/// hammer the issuer). Cheap to share behind an `Arc`; verifications run concurrently.
+/// Keys are cached by `kid` for the JWKS response's `Cache-Control: max-age` and rides out an
+/// unreachable or slow issuer: past the max-age a cached key stays in use for
+/// [`OidcVerifierBuilder::with_max_stale`] while one refresh runs in the background; a token
+/// naming an unknown `kid` makes one fetch shared by every verification waiting for keys (at
+/// most once per [`OidcVerifierBuilder::with_min_refresh_interval`], so forged `kid`s cannot
+/// make the verifier hammer the issuer); a failed fetch is remembered for
+/// [`OidcVerifierBuilder::with_failure_ttl`], during which unknown `kid`s are refused at once as
+/// [unavailable](VerifyError::is_unavailable). Clones are cheap and share the cache.
 ///
 /// ```no_run
-/// # async fn handler(headers: http::HeaderMap) -> Result<(), cloud_tasks::receiver::VerifyError> {
+/// # async fn handler(headers: http::HeaderMap) -> Result<(), Box<dyn std::error::Error>> {
+/// use cloud_tasks::Settings;
 /// use cloud_tasks::receiver::OidcVerifier;
 ///
-/// // Production: Google's issuers and keys.
-/// let verifier = OidcVerifier::builder(
-///     "https://backend-abc123-uc.a.run.app",
-///     "tasks-invoker@my-project.iam.gserviceaccount.com",
-/// )
-/// .build();
+/// // Production: Google's issuers and keys; the audience and account from the settings
+/// // (CLOUD_RUN_SERVICE_URL, CLOUD_RUN_SERVICE_ACCOUNT). Build it once, at start-up.
+/// let verifier = OidcVerifier::from_settings(&Settings::from_env()?).build()?;
 /// let token = verifier.verify_request(&headers).await?;
 /// println!("called by {}", token.email);
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug)]
+#[derive(Clone)]
 pub struct OidcVerifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     audience: String,
     email: String,
     issuers: Vec<String>,
-    source: KeySource,
     leeway: Duration,
-    min_refresh_interval: Duration,
-    http: reqwest::Client,
-    keys: RwLock<Option<Arc<KeySet>>>,
-    /// Held while fetching, so concurrent verifications with an unknown `kid` fetch once. Holds
-    /// the JWKS URL once discovery has found it.
-    refresh: tokio::sync::Mutex<Option<String>>,
-}
-
-#[derive(Debug, Clone)]
-enum KeySource {
-    Jwks(String),
-    Discovery { issuer: String },
-}
-
-#[derive(Debug)]
-struct KeySet {
-    keys: HashMap<String, DecodingKey>,
-    fetched_at: Instant,
-    max_age: Duration,
-}
-
-impl KeySet {
-    fn is_fresh(&self) -> bool {
-        self.fetched_at.elapsed() < self.max_age
-    }
+    keys: KeyCache,
 }
 
 /// Configures an [`OidcVerifier`]; by default it accepts Google's issuers and keys.
@@ -97,12 +89,24 @@ pub struct OidcVerifierBuilder {
     issuer: Option<String>,
     jwks_url: Option<String>,
     leeway: Duration,
-    min_refresh_interval: Duration,
+    fetch_timeout: Duration,
+    policy: CachePolicy,
+    names: SettingNames,
+}
+
+/// What a configuration error calls each value: the environment variable when the builder came
+/// from [`Settings`], the builder method otherwise.
+#[derive(Debug, Clone, Copy)]
+struct SettingNames {
+    audience: &'static str,
+    email: &'static str,
+    issuer: &'static str,
 }
 
 impl OidcVerifier {
     /// A verifier for tokens whose `aud` is `audience` (the service URL the client enqueues
-    /// with, without a trailing slash) and whose `email` is `service_account_email`.
+    /// with; a trailing slash is dropped) and whose `email` is `service_account_email`, issued
+    /// by Google.
     pub fn builder(
         audience: impl Into<String>,
         service_account_email: impl Into<String>,
@@ -113,18 +117,56 @@ impl OidcVerifier {
             issuer: None,
             jwks_url: None,
             leeway: Duration::from_secs(10),
-            min_refresh_interval: Duration::from_secs(10),
+            fetch_timeout: DEFAULT_FETCH_TIMEOUT,
+            policy: CachePolicy {
+                min_refresh_interval: Duration::from_secs(10),
+                max_stale: DEFAULT_MAX_STALE,
+                failure_ttl: DEFAULT_FAILURE_TTL,
+                default_max_age: DEFAULT_KEYS_MAX_AGE,
+                max_response_bytes: MAX_JWKS_BYTES,
+            },
+            names: SettingNames {
+                audience: "audience",
+                email: "service account email",
+                issuer: "issuer",
+            },
         }
+    }
+
+    /// The verifier the settings describe, the same values the client enqueues with: audience
+    /// `CLOUD_RUN_SERVICE_URL`, service account `CLOUD_RUN_SERVICE_ACCOUNT`, and Google as the
+    /// issuer unless `CLOUD_TASKS_OIDC_ISSUER` names another one (`https://`, or `http://` on
+    /// a loopback host such as the local emulator's).
+    ///
+    /// [`OidcVerifierBuilder::build`] reports every bad setting by its variable name, so a
+    /// misconfigured backend fails at start-up.
+    pub fn from_settings(settings: &Settings) -> OidcVerifierBuilder {
+        let mut builder = Self::builder(
+            &settings.cloud_run_service_url,
+            &settings.cloud_run_service_account,
+        );
+        builder.issuer = settings.oidc_issuer.clone();
+        builder.names = SettingNames {
+            audience: "CLOUD_RUN_SERVICE_URL",
+            email: "CLOUD_RUN_SERVICE_ACCOUNT",
+            issuer: OIDC_ISSUER_VAR,
+        };
+        builder
     }
 
     /// The audience tokens must carry.
     pub fn audience(&self) -> &str {
-        &self.audience
+        &self.inner.audience
     }
 
     /// The service account tokens must name.
     pub fn service_account_email(&self) -> &str {
-        &self.email
+        &self.inner.email
+    }
+
+    /// The `iss` values accepted.
+    pub fn issuers(&self) -> &[String] {
+        &self.inner.issuers
     }
 
     /// Verifies the bearer token of a request's `Authorization` header.
@@ -152,6 +194,7 @@ impl OidcVerifier {
     /// # Errors
     /// A [`VerifyError`] naming the check that failed; it never contains the token.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
+        let this = &*self.inner;
         let header =
             jsonwebtoken::decode_header(token).map_err(|error| VerifyError::Malformed {
                 reason: error.to_string(),
@@ -162,10 +205,10 @@ impl OidcVerifier {
             });
         }
         let kid = header.kid.ok_or(VerifyError::MissingKeyId)?;
-        let key = self.key(&kid).await?;
+        let key = this.keys.key(&kid).await?;
 
         let mut validation = Validation::new(Algorithm::RS256);
-        validation.leeway = self.leeway.as_secs();
+        validation.leeway = this.leeway.as_secs();
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         // Checked below, so that the error can say what the token carried.
         validation.validate_aud = false;
@@ -182,181 +225,62 @@ impl OidcVerifier {
             claims.aud.ok_or_else(|| missing("aud"))?,
             claims.exp.ok_or_else(|| missing("exp"))?,
         );
-        if !self.issuers.contains(&iss) {
+        if !this.issuers.contains(&iss) {
             return Err(VerifyError::WrongIssuer {
                 found: iss,
-                expected: self.issuers.clone(),
+                expected: this.issuers.clone(),
             });
         }
-        if !aud.contains(&self.audience) {
+        if !aud.contains(&this.audience) {
             return Err(VerifyError::WrongAudience {
                 found: aud.to_string(),
-                expected: self.audience.clone(),
+                expected: this.audience.clone(),
             });
         }
-        if claims.email.as_deref() != Some(self.email.as_str()) {
+        if claims.email.as_deref() != Some(this.email.as_str()) {
             return Err(VerifyError::WrongEmail {
                 found: claims.email,
-                expected: self.email.clone(),
+                expected: this.email.clone(),
             });
         }
         if claims.email_verified != Some(true) {
             return Err(VerifyError::EmailNotVerified);
         }
         Ok(VerifiedToken {
-            email: self.email.clone(),
+            email: this.email.clone(),
             subject: claims.sub,
             issuer: iss,
             key_id: kid,
             expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp),
         })
     }
+}
 
-    fn cached(&self) -> Option<Arc<KeySet>> {
-        self.keys
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    async fn key(&self, kid: &str) -> Result<DecodingKey, VerifyError> {
-        let usable = |set: &KeySet| set.keys.get(kid).filter(|_| set.is_fresh()).cloned();
-        if let Some(key) = self.cached().as_deref().and_then(usable) {
-            return Ok(key);
-        }
-        let mut jwks_url = self.refresh.lock().await;
-        // Another verification may have fetched while this one waited for the lock.
-        let cached = self.cached();
-        if let Some(set) = cached.as_deref() {
-            if let Some(key) = usable(set) {
-                return Ok(key);
-            }
-            if set.is_fresh() && set.fetched_at.elapsed() < self.min_refresh_interval {
-                return Err(VerifyError::UnknownKey {
-                    kid: kid.to_owned(),
-                });
-            }
-        }
-        let url = match &*jwks_url {
-            Some(url) => url.clone(),
-            None => {
-                let url = self.resolve_jwks_url().await?;
-                *jwks_url = Some(url.clone());
-                url
-            }
-        };
-        let set = Arc::new(self.fetch_keys(&url).await?);
-        *self
-            .keys
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(set.clone());
-        set.keys
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| VerifyError::UnknownKey {
-                kid: kid.to_owned(),
-            })
-    }
-
-    async fn resolve_jwks_url(&self) -> Result<String, VerifyError> {
-        let issuer = match &self.source {
-            KeySource::Jwks(url) => return Ok(url.clone()),
-            KeySource::Discovery { issuer } => issuer,
-        };
-        let url = format!("{issuer}/.well-known/openid-configuration");
-        let (body, _) = self.get(&url).await?;
-        let document: Discovery =
-            serde_json::from_slice(&body).map_err(|error| VerifyError::KeyFetch {
-                url: url.clone(),
-                reason: format!("not an OpenID discovery document: {error}"),
-            })?;
-        // OpenID Connect Discovery 1.0, section 4.3: the document must name the issuer asked.
-        if document.issuer.trim_end_matches('/') != issuer {
-            return Err(VerifyError::KeyFetch {
-                url,
-                reason: format!(
-                    "the discovery document names issuer {:?}, not {issuer:?}",
-                    document.issuer
-                ),
-            });
-        }
-        Ok(document.jwks_uri)
-    }
-
-    async fn fetch_keys(&self, url: &str) -> Result<KeySet, VerifyError> {
-        let (body, max_age) = self.get(url).await?;
-        let document: JwksDocument =
-            serde_json::from_slice(&body).map_err(|error| VerifyError::KeyFetch {
-                url: url.to_owned(),
-                reason: format!("not a JWKS document: {error}"),
-            })?;
-        // Keys this verifier cannot use (other types or algorithms, no kid) are skipped, not
-        // fatal: issuers may publish several kinds.
-        let keys = document
-            .keys
-            .into_iter()
-            .filter_map(|value| serde_json::from_value::<Jwk>(value).ok())
-            .filter(|jwk| {
-                matches!(jwk.algorithm, AlgorithmParameters::RSA(_))
-                    && jwk
-                        .common
-                        .key_algorithm
-                        .is_none_or(|alg| alg == KeyAlgorithm::RS256)
-            })
-            .filter_map(|jwk| {
-                let kid = jwk.common.key_id.clone()?;
-                let key = DecodingKey::from_jwk(&jwk).ok()?;
-                Some((kid, key))
-            })
-            .collect();
-        Ok(KeySet {
-            keys,
-            fetched_at: Instant::now(),
-            // `no-store` must not turn every verification into a fetch.
-            max_age: max_age
-                .unwrap_or(DEFAULT_KEYS_MAX_AGE)
-                .max(self.min_refresh_interval),
-        })
-    }
-
-    /// GETs `url`; returns the body and the response's `Cache-Control: max-age`.
-    async fn get(&self, url: &str) -> Result<(Vec<u8>, Option<Duration>), VerifyError> {
-        let failed = |reason: String| VerifyError::KeyFetch {
-            url: url.to_owned(),
-            reason,
-        };
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|error| failed(error.without_url().to_string()))?;
-        if !response.status().is_success() {
-            return Err(failed(format!("answered {}", response.status())));
-        }
-        let max_age = response
-            .headers()
-            .get(http::header::CACHE_CONTROL)
-            .and_then(|value| value.to_str().ok())
-            .and_then(max_age);
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| failed(error.without_url().to_string()))?;
-        Ok((body.to_vec(), max_age))
+impl fmt::Debug for OidcVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OidcVerifier")
+            .field("audience", &self.inner.audience)
+            .field("email", &self.inner.email)
+            .field("issuers", &self.inner.issuers)
+            .field("leeway", &self.inner.leeway)
+            .field("keys", &self.inner.keys)
+            .finish()
     }
 }
 
 impl OidcVerifierBuilder {
     /// Accepts tokens from this issuer instead of Google's, e.g. the emulator's
-    /// `http://127.0.0.1:8123`. Keys come from its OpenID discovery document unless
-    /// [`OidcVerifierBuilder::with_jwks_url`] names them.
+    /// `http://127.0.0.1:8123`. It must be a bare `https://` origin, or `http://` on a loopback
+    /// host (`localhost`, `127.0.0.0/8`, `[::1]`): plain http from anywhere else would let
+    /// whoever sits on the path mint tokens. Keys come from its OpenID discovery document
+    /// unless [`OidcVerifierBuilder::with_jwks_url`] names them.
     pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
-        self.issuer = Some(issuer.into().trim_end_matches('/').to_owned());
+        self.issuer = Some(issuer.into());
         self
     }
 
-    /// Fetches keys from this JWKS URL (default: Google's, or the issuer's discovery document).
+    /// Fetches keys from this JWKS URL (default: Google's, or the issuer's discovery document);
+    /// `https://`, or `http://` on a loopback host.
     pub fn with_jwks_url(mut self, url: impl Into<String>) -> Self {
         self.jwks_url = Some(url.into());
         self
@@ -368,15 +292,86 @@ impl OidcVerifierBuilder {
         self
     }
 
-    /// Least time between two key fetches caused by unknown `kid`s (default 10 s).
+    /// Least time between two key fetches caused by unknown `kid`s, and least time keys are
+    /// kept whatever their `max-age` says (default 10 s).
     pub fn with_min_refresh_interval(mut self, interval: Duration) -> Self {
-        self.min_refresh_interval = interval;
+        self.policy.min_refresh_interval = interval;
+        self
+    }
+
+    /// How long past their `max-age` cached keys stay in use while they cannot be refreshed
+    /// (default [`DEFAULT_MAX_STALE`]). The bound on how long a key the issuer has withdrawn
+    /// could still be accepted during an outage of its JWKS.
+    pub fn with_max_stale(mut self, max_stale: Duration) -> Self {
+        self.policy.max_stale = max_stale;
+        self
+    }
+
+    /// How long a failed key fetch is remembered (default [`DEFAULT_FAILURE_TTL`]): meanwhile
+    /// tokens that need new keys are refused at once as unavailable instead of each waiting for
+    /// a fetch of its own.
+    pub fn with_failure_ttl(mut self, ttl: Duration) -> Self {
+        self.policy.failure_ttl = ttl;
+        self
+    }
+
+    /// Budget of one key fetch, connecting included (default [`DEFAULT_FETCH_TIMEOUT`]).
+    pub fn with_fetch_timeout(mut self, timeout: Duration) -> Self {
+        self.fetch_timeout = timeout;
         self
     }
 
     /// Creates the verifier. Keys are fetched on the first verification.
-    pub fn build(self) -> OidcVerifier {
-        let (issuers, source) = match (self.issuer, self.jwks_url) {
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming every bad value (by its environment variable when the builder
+    /// came from [`OidcVerifier::from_settings`]): an audience that is not an `https` URL (or
+    /// `http` on a loopback host), a malformed service account, an issuer or JWKS URL outside
+    /// the rules of [`OidcVerifierBuilder::with_issuer`], or an HTTP client that cannot be
+    /// built.
+    pub fn build(self) -> Result<OidcVerifier, ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |setting: &'static str, result: Result<(), String>| {
+            if let Err(message) = result {
+                problems.push(ConfigProblem { setting, message });
+            }
+        };
+        let audience = validate::service_url(&self.audience);
+        check(
+            self.names.audience,
+            audience.as_ref().map(drop).map_err(|message| {
+                message.replacen("service URL", "audience (the service URL)", 1)
+            }),
+        );
+        check(
+            self.names.email,
+            validate::service_account_email(&self.email),
+        );
+        let issuer = self
+            .issuer
+            .as_deref()
+            .map(|issuer| issuer.trim_end_matches('/').to_owned());
+        if let Some(issuer) = &issuer {
+            check(self.names.issuer, check_issuer(issuer));
+        }
+        if let Some(url) = &self.jwks_url {
+            check("JWKS URL", check_key_url(url));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(self.fetch_timeout)
+            .connect_timeout(self.fetch_timeout.min(CONNECT_TIMEOUT))
+            .redirect(reqwest::redirect::Policy::none())
+            .build();
+        check(
+            "JWKS HTTP client",
+            http.as_ref()
+                .map(drop)
+                .map_err(|error| format!("cannot build the HTTP client for key fetches: {error}")),
+        );
+        let (Ok(audience), Ok(http), true) = (audience, http, problems.is_empty()) else {
+            return Err(ConfigError::new(problems));
+        };
+        let (issuers, source) = match (issuer, self.jwks_url) {
             (Some(issuer), Some(url)) => (vec![issuer], KeySource::Jwks(url)),
             (Some(issuer), None) => (vec![issuer.clone()], KeySource::Discovery { issuer }),
             (None, url) => (
@@ -384,49 +379,67 @@ impl OidcVerifierBuilder {
                 KeySource::Jwks(url.unwrap_or_else(|| GOOGLE_JWKS_URL.to_owned())),
             ),
         };
-        OidcVerifier {
-            audience: self.audience,
-            email: self.email,
-            issuers,
-            source,
-            leeway: self.leeway,
-            min_refresh_interval: self.min_refresh_interval,
-            http: reqwest::Client::builder()
-                .timeout(FETCH_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
-            keys: RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(None),
+        Ok(OidcVerifier {
+            inner: Arc::new(Inner {
+                audience,
+                email: self.email,
+                issuers,
+                leeway: self.leeway,
+                keys: KeyCache::new(source, http, self.policy),
+            }),
+        })
+    }
+}
+
+/// A non-Google issuer: a bare origin, `https`, or `http` on a loopback host.
+fn check_issuer(issuer: &str) -> Result<(), String> {
+    let url = trusted_url(issuer, "issuer")?;
+    if url.path() != "/" {
+        return Err(format!(
+            "issuer {issuer:?} has a path; use the bare origin, e.g. https://issuer.example or \
+             http://127.0.0.1:8123"
+        ));
+    }
+    Ok(())
+}
+
+/// Where keys may come from: `https`, or `http` on a loopback host.
+pub(super) fn check_key_url(url: &str) -> Result<(), String> {
+    trusted_url(url, "JWKS URL").map(drop)
+}
+
+fn trusted_url(value: &str, what: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(value)
+        .map_err(|error| format!("{what} {value:?} is not an absolute URL ({error})"))?;
+    // Checked first, so that no message below repeats a password.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!("{what} carries credentials; remove them"));
+    }
+    let host = url.host_str().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("{what} {value:?} has no host"));
+    }
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(host) => {}
+        "http" => {
+            return Err(format!(
+                "{what} {value:?} uses plain http on a non-loopback host; use https (http is \
+                 accepted only for localhost, 127.0.0.0/8 and [::1], e.g. the local emulator)"
+            ));
         }
+        scheme => return Err(format!("{what} {value:?} has scheme {scheme:?}; use https")),
     }
-}
-
-/// `max-age` of a `Cache-Control` value, unless `no-store`/`no-cache` forbid reuse.
-fn max_age(cache_control: &str) -> Option<Duration> {
-    let directives: Vec<&str> = cache_control.split(',').map(str::trim).collect();
-    if directives
-        .iter()
-        .any(|d| d.eq_ignore_ascii_case("no-store") || d.eq_ignore_ascii_case("no-cache"))
-    {
-        return Some(Duration::ZERO);
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{what} {value:?} has a query or fragment"));
     }
-    directives.iter().find_map(|directive| {
-        let (name, value) = directive.split_once('=')?;
-        name.trim()
-            .eq_ignore_ascii_case("max-age")
-            .then(|| value.trim().parse().ok().map(Duration::from_secs))?
-    })
+    Ok(url)
 }
 
-#[derive(Deserialize)]
-struct Discovery {
-    issuer: String,
-    jwks_uri: String,
-}
-
-#[derive(Deserialize)]
-struct JwksDocument {
-    keys: Vec<serde_json::Value>,
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(Deserialize)]
@@ -605,22 +618,12 @@ impl VerifyError {
 mod tests {
     use super::*;
 
-    #[test]
-    fn cache_control_max_age() {
-        assert_eq!(
-            max_age("public, max-age=22478, must-revalidate, no-transform"),
-            Some(Duration::from_secs(22478))
-        );
-        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
-        assert_eq!(max_age("public"), None);
-        assert_eq!(max_age("max-age=soon"), None);
-    }
-
     #[tokio::test]
     async fn missing_or_non_bearer_authorization_is_missing_token() {
         let verifier = OidcVerifier::builder("https://a.example", "sa@p.iam.gserviceaccount.com")
             .with_jwks_url("http://127.0.0.1:9/unused")
-            .build();
+            .build()
+            .unwrap();
         let mut headers = HeaderMap::new();
         assert_eq!(
             verifier.verify_request(&headers).await,
@@ -640,7 +643,8 @@ mod tests {
     async fn garbage_is_malformed_and_not_echoed() {
         let verifier = OidcVerifier::builder("https://a.example", "sa@p.iam.gserviceaccount.com")
             .with_jwks_url("http://127.0.0.1:9/unused")
-            .build();
+            .build()
+            .unwrap();
         let error = verifier.verify("not-a-jwt-secretvalue").await.unwrap_err();
         assert_eq!(error.check(), "format");
         assert!(!error.to_string().contains("secretvalue"), "{error}");
