@@ -455,7 +455,7 @@ impl Shared {
         self.pool.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn connect(&self) -> Result<(SendRequest<Bytes>, Connection), BoxError> {
+    async fn connect(&self) -> Result<Established, BoxError> {
         let tcp = self
             .connector
             .clone()
@@ -545,7 +545,11 @@ async fn connect_in_background(shared: Arc<Shared>) {
         )) as BoxError),
     };
     match result {
-        Ok((sender, connection)) => {
+        Ok(Established {
+            sender,
+            connection,
+            pings,
+        }) => {
             let state = Arc::new(ConnectionState {
                 in_flight: AtomicUsize::new(0),
                 last_used_ms: AtomicU64::new(0),
@@ -555,6 +559,7 @@ async fn connect_in_background(shared: Arc<Shared>) {
             });
             tokio::spawn(drive(
                 connection,
+                pings,
                 Arc::clone(&state),
                 Arc::downgrade(&shared),
                 shared.options.clone(),
@@ -616,15 +621,41 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 type Connection = h2::client::Connection<Box<dyn Io>, Bytes>;
 
-/// Starts HTTP/2 on `io`.
-async fn handshake(io: Box<dyn Io>) -> Result<(SendRequest<Bytes>, Connection), BoxError> {
-    Ok(h2::client::Builder::new()
+/// A connection whose HTTP/2 handshake is done: the handle calls are sent on, the connection
+/// to drive, and its PING handle.
+struct Established {
+    sender: SendRequest<Bytes>,
+    connection: Connection,
+    pings: PingPong,
+}
+
+/// Starts HTTP/2 on `io` and waits for the server's SETTINGS, as gRPC's clients wait for the
+/// server's preface: the answer to a PING comes after them, so calls see the server's stream
+/// limit from the first one (a burst above it is refused, by C-core even with
+/// ENHANCE_YOUR_CALM, which does not say the call was not processed).
+async fn handshake(io: Box<dyn Io>) -> Result<Established, BoxError> {
+    let (sender, mut connection) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .initial_max_send_streams(INITIAL_STREAM_LIMIT)
         .handshake(io)
-        .await?)
+        .await?;
+    let Some(mut pings) = connection.ping_pong() else {
+        unreachable!("a new connection's PING handle is taken once, here")
+    };
+    tokio::select! {
+        closed = &mut connection => return Err(match closed {
+            Err(error) => error.into(),
+            Ok(()) => "the server closed the connection during the HTTP/2 handshake".into(),
+        }),
+        pong = pings.ping(Ping::opaque()) => pong?,
+    };
+    Ok(Established {
+        sender,
+        connection,
+        pings,
+    })
 }
 
 /// Drives one connection until it closes, checking it with PINGs: when idle for the keepalive
@@ -632,14 +663,12 @@ async fn handshake(io: Box<dyn Io>) -> Result<(SendRequest<Bytes>, Connection), 
 /// keepalive timeout closes it, which fails its calls at once. An extra connection of the pool
 /// that is idle for the keepalive interval is closed instead of checked.
 async fn drive(
-    mut connection: Connection,
+    connection: Connection,
+    mut pings: PingPong,
     state: Arc<ConnectionState>,
     pool: Weak<Shared>,
     options: ConnectionOptions,
 ) {
-    let Some(mut pings) = connection.ping_pong() else {
-        unreachable!("a new connection's PING handle is taken once, here")
-    };
     let mut connection = std::pin::pin!(connection);
     loop {
         tokio::select! {

@@ -36,16 +36,9 @@ fn write_input(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
 }
 
 async fn run(server: &MockCloudTasks, dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"));
+    let mut command = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host());
     command
-        .env_clear()
         .current_dir(dir)
-        .env("GCP_PROJECT_ID", PROJECT)
-        .env("GCP_LOCATION", LOCATION)
-        .env("CLOUD_TASKS_QUEUE", QUEUE)
-        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
-        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
-        .env("CLOUD_TASKS_EMULATOR_HOST", server.host())
         .arg("enqueue-batch")
         .args(args)
         .stdin(if stdin.is_some() {
@@ -238,14 +231,9 @@ async fn ctrl_c_stops_reading_finishes_what_was_read_and_a_dedupe_rerun_complete
         .iter()
         .map(|(id, name)| document_line(*id, name))
         .collect();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"));
+    let mut command = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host());
     command
-        .env_clear()
         .current_dir(&dir)
-        .env("GCP_PROJECT_ID", PROJECT)
-        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
-        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
-        .env("CLOUD_TASKS_EMULATOR_HOST", server.host())
         .args(["enqueue-batch", "-", "--dedupe"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -307,13 +295,8 @@ async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
         .iter()
         .map(|(id, name)| document_line(*id, name))
         .collect();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"))
-        .env_clear()
+    let mut child = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
         .current_dir(&dir)
-        .env("GCP_PROJECT_ID", PROJECT)
-        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
-        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
-        .env("CLOUD_TASKS_EMULATOR_HOST", server.host())
         .args(["enqueue-batch", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use cloud_tasks::proto::{MessageType, Task};
 use cloud_tasks::testing::{Fault, MockCloudTasks};
 use cloud_tasks::{
-    BatchOptions, CallOptions, CloudTasksClient, DocumentTask, Error, HttpTask, RetryPolicy, Uuid,
+    BatchOptions, CallOptions, ClientBuilder, CloudTasksClient, DocumentTask, Error, HttpTask,
+    RetryPolicy, Uuid,
 };
 use common::*;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -87,14 +88,21 @@ async fn an_untrusted_certificate_is_a_connect_error() {
     assert!(server.tasks().is_empty());
 }
 
-/// A client with credentials for a server that accepts TCP and never answers, not even the TLS
-/// handshake, with a connect timeout of 300 ms; and the server's task, to abort when done.
-async fn client_of_a_silent_tls_server() -> (CloudTasksClient, JoinHandle<()>) {
+/// A builder with credentials for a server that accepts TCP and never answers, not even the
+/// TLS handshake; and the server's task, to abort when done.
+async fn silent_tls_server() -> (ClientBuilder, JoinHandle<()>) {
     let tokens = token_endpoint(Some("token")).await;
     let (host, hold) = silent_server().await;
-    let client = builder()
+    let builder = builder()
         .with_endpoint(format!("https://{host}"))
-        .with_credentials(credentials(&tokens.url))
+        .with_credentials(credentials(&tokens.url));
+    (builder, hold)
+}
+
+/// A client of [`silent_tls_server`] with a connect timeout of 300 ms.
+async fn client_of_a_silent_tls_server() -> (CloudTasksClient, JoinHandle<()>) {
+    let (builder, hold) = silent_tls_server().await;
+    let client = builder
         .with_connect_timeout(Duration::from_millis(300))
         .with_total_timeout(Duration::from_secs(10))
         .build()
@@ -342,19 +350,20 @@ async fn a_slow_server_keeps_its_connection() {
     );
 }
 
-/// Until the server's SETTINGS arrive, the client opens at most 100 streams on a connection
-/// (Google's limit), not h2's unlimited default: a server that is slow to send its SETTINGS
-/// must not see more streams than it may admit. The server here reads the connection's frames
-/// and sends nothing; 300 calls are made at once.
+/// The client opens no stream before the server's SETTINGS arrive (it PINGs and waits for
+/// the answer, which comes after them), then no more than the server's limit: a server that
+/// admits 5 streams sees 5 of 300 calls made at once.
 #[tokio::test]
-async fn no_more_than_100_streams_before_the_server_settings() {
+async fn streams_wait_for_the_server_settings_and_respect_their_limit() {
+    const HEADERS: u8 = 0x1;
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const ACK: u8 = 0x1;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let host = listener.local_addr().unwrap().to_string();
     let client = builder()
-        .with_emulator_host(host)
+        .with_emulator_host(listener.local_addr().unwrap().to_string())
         .with_max_connections(1)
-        .with_attempt_timeout(Duration::from_secs(2))
-        .with_total_timeout(Duration::from_secs(2))
+        .with_connect_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
     let calls: Vec<_> = (0..300)
@@ -367,44 +376,78 @@ async fn no_more_than_100_streams_before_the_server_settings() {
             })
         })
         .collect();
-    let (mut stream, _) = listener.accept().await.unwrap();
+    let (stream, _) = listener.accept().await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
     let mut preface = [0; 24];
-    stream.read_exact(&mut preface).await.unwrap();
+    reader.read_exact(&mut preface).await.unwrap();
     assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-    let mut streams_opened = 0;
-    let reading = async {
+    // Every frame the client sends: (type, flags, payload).
+    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    let read_frames = tokio::spawn(async move {
         loop {
             let mut header = [0; 9];
-            stream.read_exact(&mut header).await?;
+            if reader.read_exact(&mut header).await.is_err() {
+                return;
+            }
             let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
             let mut payload = vec![0; length];
-            stream.read_exact(&mut payload).await?;
-            const HEADERS: u8 = 0x1;
-            if header[3] == HEADERS {
-                streams_opened += 1;
+            if reader.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            if frames_tx.send((header[3], header[4], payload)).is_err() {
+                return;
             }
         }
-        #[allow(unreachable_code)]
-        std::io::Result::Ok(())
+    });
+    async fn frames_for(
+        frames: &mut tokio::sync::mpsc::UnboundedReceiver<(u8, u8, Vec<u8>)>,
+        period: Duration,
+    ) -> Vec<(u8, u8, Vec<u8>)> {
+        let until = tokio::time::Instant::now() + period;
+        let mut received = Vec::new();
+        while let Ok(Some(frame)) = tokio::time::timeout_at(until, frames.recv()).await {
+            received.push(frame);
+        }
+        received
+    }
+    let count = |frames: &[(u8, u8, Vec<u8>)], kind: u8| {
+        frames.iter().filter(|(frame, ..)| *frame == kind).count()
     };
-    // Every call has been made and waits for its answer well before this ends.
-    let read = tokio::time::timeout(Duration::from_secs(1), reading).await;
-    assert!(read.is_err(), "the connection ended early: {read:?}");
-    assert_eq!(streams_opened, 100);
+
+    let before = frames_for(&mut frames, Duration::from_millis(500)).await;
+    assert_eq!(count(&before, HEADERS), 0, "streams opened before SETTINGS");
+    let Some((_, _, ping)) = before
+        .iter()
+        .find(|(kind, flags, _)| *kind == PING && *flags == 0)
+    else {
+        panic!("the client sent no PING: {before:?}");
+    };
+    // SETTINGS with MAX_CONCURRENT_STREAMS (0x3) = 5, the ACK of the client's SETTINGS, and
+    // the answer to its PING.
+    let mut answer = vec![0, 0, 6, SETTINGS, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 5];
+    answer.extend([0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0]);
+    answer.extend([0, 0, 8, PING, ACK, 0, 0, 0, 0]);
+    answer.extend(ping);
+    writer.write_all(&answer).await.unwrap();
+
+    let after = frames_for(&mut frames, Duration::from_millis(500)).await;
+    assert_eq!(
+        count(&after, HEADERS),
+        5,
+        "streams opened once the limit was known"
+    );
     for call in calls {
         call.abort();
     }
+    read_frames.abort();
 }
 
 /// An attempt whose deadline passes while the connection is still being made sent nothing: it
 /// is a timeout that says so, not "may exist", and the unnamed task may be sent again.
 #[tokio::test]
 async fn an_attempt_that_times_out_while_connecting_sent_nothing() {
-    let tokens = token_endpoint(Some("token")).await;
-    let (host, hold) = silent_server().await;
-    let client = builder()
-        .with_endpoint(format!("https://{host}"))
-        .with_credentials(credentials(&tokens.url))
+    let (builder, hold) = silent_tls_server().await;
+    let client = builder
         .with_connect_timeout(Duration::from_secs(5))
         .with_attempt_timeout(Duration::from_millis(200))
         .with_total_timeout(Duration::from_millis(700))

@@ -38,6 +38,21 @@ pub async fn mock_and_client() -> (MockCloudTasks, CloudTasksClient) {
     (server, client)
 }
 
+/// The `cloud-tasks` binary at `binary` (`env!("CARGO_BIN_EXE_cloud-tasks")`) with a clean
+/// environment holding the target settings and `CLOUD_TASKS_EMULATOR_HOST=emulator_host`.
+pub fn cli_command(binary: &str, emulator_host: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .env_clear()
+        .env("GCP_PROJECT_ID", PROJECT)
+        .env("GCP_LOCATION", LOCATION)
+        .env("CLOUD_TASKS_QUEUE", QUEUE)
+        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
+        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
+        .env("CLOUD_TASKS_EMULATOR_HOST", emulator_host);
+    command
+}
+
 /// `127.0.0.1:port` where nothing listens (the port was free a moment ago).
 pub fn unused_host() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
