@@ -594,7 +594,12 @@ impl CloudTasks for Service {
         request: Request<pb::GetTaskRequest>,
     ) -> Result<Response<Task>, Status> {
         let (metadata, _, message) = request.into_parts();
-        record(&self.state, |state| &mut state.get_task_calls, metadata, &message);
+        record(
+            &self.state,
+            |state| &mut state.get_task_calls,
+            metadata,
+            &message,
+        );
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let task = lock(&self.state).task_mut(&message.name)?.clone();
@@ -606,7 +611,12 @@ impl CloudTasks for Service {
         request: Request<pb::DeleteTaskRequest>,
     ) -> Result<Response<()>, Status> {
         let (metadata, _, message) = request.into_parts();
-        record(&self.state, |state| &mut state.delete_task_calls, metadata, &message);
+        record(
+            &self.state,
+            |state| &mut state.delete_task_calls,
+            metadata,
+            &message,
+        );
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let mut state = lock(&self.state);
@@ -621,7 +631,12 @@ impl CloudTasks for Service {
         request: Request<pb::RunTaskRequest>,
     ) -> Result<Response<Task>, Status> {
         let (metadata, _, message) = request.into_parts();
-        record(&self.state, |state| &mut state.run_task_calls, metadata, &message);
+        record(
+            &self.state,
+            |state| &mut state.run_task_calls,
+            metadata,
+            &message,
+        );
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         // No dispatch happens here: the task counts one more attempt, dispatched now, and stays.
@@ -646,7 +661,12 @@ impl CloudTasks for Service {
         request: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        record(&self.state, |state| &mut state.list_tasks_calls, metadata, &message);
+        record(
+            &self.state,
+            |state| &mut state.list_tasks_calls,
+            metadata,
+            &message,
+        );
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let state = lock(&self.state);
