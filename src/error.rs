@@ -287,6 +287,68 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
     Error::Rpc { message, status }
 }
 
+/// A call on the tasks of the queue rather than one that creates them: what a NOT_FOUND or a
+/// PERMISSION_DENIED means depends on it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TaskCall<'a> {
+    /// `GetTask` on this task name.
+    Get(&'a str),
+    /// `DeleteTask` on this task name.
+    Delete(&'a str),
+    /// `RunTask` on this task name.
+    Run(&'a str),
+    /// `ListTasks` on the queue.
+    List,
+}
+
+impl TaskCall<'_> {
+    /// The IAM permission the call needs, and the narrowest predefined role that grants it.
+    fn permission(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Get(_) => ("cloudtasks.tasks.get", "roles/cloudtasks.viewer"),
+            Self::Delete(_) => ("cloudtasks.tasks.delete", "roles/cloudtasks.taskDeleter"),
+            Self::Run(_) => ("cloudtasks.tasks.run", "roles/cloudtasks.taskRunner"),
+            Self::List => ("cloudtasks.tasks.list", "roles/cloudtasks.viewer"),
+        }
+    }
+}
+
+/// [`from_status`] for a call on tasks: NOT_FOUND on a task name means the task is absent (never
+/// created, or already finished or deleted), not that the queue is missing, and
+/// PERMISSION_DENIED names the permission this call needs rather than the enqueuer's.
+pub(crate) fn from_task_status(
+    status: tonic::Status,
+    call: CallContext<'_>,
+    task_call: TaskCall<'_>,
+) -> Error {
+    let detail = status.message().to_owned();
+    let queue = call.queue;
+    let mut error = from_status(status, call);
+    let not_found = error.is_not_found();
+    let permission_denied = error.is_permission_denied();
+    if let Error::Rpc { message, .. } = &mut error {
+        match task_call {
+            TaskCall::Get(task) | TaskCall::Delete(task) | TaskCall::Run(task) if not_found => {
+                *message = format!(
+                    "task {task} does not exist: it was never enqueued (or under another dedupe \
+                     key), or it already finished or was deleted (Cloud Tasks keeps no finished \
+                     task). A missing queue is answered the same way, so if no task is ever \
+                     found, check CLOUD_TASKS_QUEUE / GCP_LOCATION / GCP_PROJECT_ID ({detail})"
+                );
+            }
+            _ if permission_denied => {
+                let (permission, role) = task_call.permission();
+                *message = format!(
+                    "permission denied: the caller needs {permission} on {queue} (e.g. {role}) \
+                     ({detail})"
+                );
+            }
+            _ => {}
+        }
+    }
+    error
+}
+
 /// The innermost cause of a connection failure ("Connection refused", a TLS alert...), which
 /// says more than tonic's "transport error".
 fn connect_detail(status: &tonic::Status) -> String {

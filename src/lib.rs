@@ -24,6 +24,10 @@
 //! a streaming [`BatchEnqueuer`]) sends `BatchCreateTasks` calls of up to 100 tasks, several in
 //! flight, and reports each document's [`Outcome`]; `PERFORMANCE.md` has the measurements.
 //!
+//! A document enqueued de-duplicated can be looked up, cancelled or run now by its ID
+//! ([`CloudTasksClient::document_task`], [`CloudTasksClient::cancel_document`],
+//! [`CloudTasksClient::run_document`]); [`CloudTasksClient::list_tasks`] pages through the queue.
+//!
 //! # Features
 //! - `testing`: [`testing::MockCloudTasks`], an in-process Cloud Tasks server for tests.
 //! - `cli`: the `cloud-tasks` command-line tool.
@@ -47,6 +51,7 @@ mod batch;
 mod client;
 mod config;
 mod dedupe;
+mod documents;
 mod error;
 mod payload;
 pub mod proto;
@@ -70,6 +75,7 @@ pub use client::{
 };
 pub use config::{EMULATOR_HOST_VAR, OIDC_ISSUER_VAR, Settings, Target};
 pub use dedupe::document_task_id;
+pub use documents::{ListTasksOptions, MAX_LIST_PAGE_SIZE, TaskPager};
 pub use error::{ConfigError, ConfigProblem, Error};
 pub use google_cloud_auth::credentials::Credentials;
 pub use payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};

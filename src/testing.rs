@@ -63,7 +63,8 @@ pub struct Recorded<T> {
 pub enum Fault {
     /// Fail with this status without storing anything.
     Reject(Code, String),
-    /// Store the task as usual, then fail with this status: the reply is lost.
+    /// Store the task (or delete or run it) as usual, then fail with this status: the reply
+    /// is lost.
     FailAfterStore(Code, String),
     /// Wait this long, then answer normally.
     Delay(Duration),
@@ -93,6 +94,10 @@ struct State {
     /// Forget calls and tasks once answered (benchmarks); names are still de-duplicated.
     forget_history: bool,
     next_operation_id: u64,
+    get_task_calls: Vec<Recorded<pb::GetTaskRequest>>,
+    delete_task_calls: Vec<Recorded<pb::DeleteTaskRequest>>,
+    run_task_calls: Vec<Recorded<pb::RunTaskRequest>>,
+    list_tasks_calls: Vec<Recorded<pb::ListTasksRequest>>,
 }
 
 #[derive(Debug)]
@@ -247,7 +252,27 @@ impl MockCloudTasks {
         self.lock().forget_history = true;
     }
 
-    /// Every task stored, in creation order.
+    /// Every `GetTask` request received, in order, including rejected ones.
+    pub fn get_task_calls(&self) -> Vec<Recorded<pb::GetTaskRequest>> {
+        self.lock().get_task_calls.clone()
+    }
+
+    /// Every `DeleteTask` request received, in order, including rejected ones.
+    pub fn delete_task_calls(&self) -> Vec<Recorded<pb::DeleteTaskRequest>> {
+        self.lock().delete_task_calls.clone()
+    }
+
+    /// Every `RunTask` request received, in order, including rejected ones.
+    pub fn run_task_calls(&self) -> Vec<Recorded<pb::RunTaskRequest>> {
+        self.lock().run_task_calls.clone()
+    }
+
+    /// Every `ListTasks` request received, in order, including rejected ones.
+    pub fn list_tasks_calls(&self) -> Vec<Recorded<pb::ListTasksRequest>> {
+        self.lock().list_tasks_calls.clone()
+    }
+
+    /// Every task stored (created and not yet deleted), in creation order.
     pub fn tasks(&self) -> Vec<Task> {
         self.lock().tasks.clone()
     }
@@ -293,6 +318,15 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl State {
+    /// The stored task named `name`, or NOT_FOUND as Cloud Tasks answers for a task that was
+    /// never created, already ran or was deleted.
+    fn task_mut(&mut self, name: &str) -> Result<&mut Task, Status> {
+        self.tasks
+            .iter_mut()
+            .find(|task| task.name == name)
+            .ok_or_else(|| Status::not_found("Requested entity was not found."))
+    }
+
     /// NOT_FOUND, as Cloud Tasks answers, unless `queue` exists.
     fn check_queue(&self, queue: &str) -> Result<(), Status> {
         match &self.queues {
@@ -553,6 +587,166 @@ impl CloudTasks for Service {
             }
             Some(Fault::Delay(_)) | None => Ok(Response::new(self.apply_batch(&message)?)),
         }
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<Task>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        record(
+            &self.state,
+            |state| &mut state.get_task_calls,
+            metadata,
+            &message,
+        );
+        let fault = self.next_fault().await;
+        rejected(fault.as_ref())?;
+        let task = lock(&self.state).task_mut(&message.name)?.clone();
+        answer(fault, as_viewed(task, message.response_view))
+    }
+
+    async fn delete_task(
+        &self,
+        request: Request<pb::DeleteTaskRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        record(
+            &self.state,
+            |state| &mut state.delete_task_calls,
+            metadata,
+            &message,
+        );
+        let fault = self.next_fault().await;
+        rejected(fault.as_ref())?;
+        let mut state = lock(&self.state);
+        state.task_mut(&message.name)?;
+        // The name stays in `used_names`: Cloud Tasks refuses it for a while after deletion.
+        state.tasks.retain(|task| task.name != message.name);
+        answer(fault, ())
+    }
+
+    async fn run_task(
+        &self,
+        request: Request<pb::RunTaskRequest>,
+    ) -> Result<Response<Task>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        record(
+            &self.state,
+            |state| &mut state.run_task_calls,
+            metadata,
+            &message,
+        );
+        let fault = self.next_fault().await;
+        rejected(fault.as_ref())?;
+        // No dispatch happens here: the task counts one more attempt, dispatched now, and stays.
+        let mut state = lock(&self.state);
+        let task = state.task_mut(&message.name)?;
+        let now = prost_types::Timestamp::from(SystemTime::now());
+        let attempt = pb::Attempt {
+            schedule_time: task.schedule_time,
+            dispatch_time: Some(now),
+            ..pb::Attempt::default()
+        };
+        task.dispatch_count += 1;
+        task.first_attempt.get_or_insert_with(|| attempt.clone());
+        task.last_attempt = Some(attempt);
+        let task = task.clone();
+        answer(fault, as_viewed(task, message.response_view))
+    }
+
+    /// Pages in creation order; the page token is the offset of the page's first task.
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        record(
+            &self.state,
+            |state| &mut state.list_tasks_calls,
+            metadata,
+            &message,
+        );
+        let fault = self.next_fault().await;
+        rejected(fault.as_ref())?;
+        let state = lock(&self.state);
+        state.check_queue(&message.parent)?;
+        let page_size = match message.page_size {
+            0 => 1000,
+            size if size < 0 => {
+                return Err(Status::invalid_argument(
+                    "ListTasksRequest.pageSize cannot be negative.",
+                ));
+            }
+            size => usize::try_from(size.min(1000)).expect("positive"),
+        };
+        let start = match message.page_token.as_str() {
+            "" => 0,
+            token => token
+                .parse::<usize>()
+                .map_err(|_| Status::invalid_argument("Invalid page_token"))?,
+        };
+        let prefix = format!("{}/tasks/", message.parent);
+        let in_queue: Vec<&Task> = state
+            .tasks
+            .iter()
+            .filter(|task| task.name.starts_with(&prefix))
+            .collect();
+        let end = (start + page_size).min(in_queue.len());
+        let tasks = in_queue
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|task| as_viewed((*task).clone(), message.response_view))
+            .collect();
+        let next_page_token = if end < in_queue.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        drop(state);
+        answer(
+            fault,
+            pb::ListTasksResponse {
+                tasks,
+                next_page_token,
+            },
+        )
+    }
+}
+
+/// Records a call unless the server forgets its history.
+fn record<T: Clone>(
+    state: &Mutex<State>,
+    calls: impl FnOnce(&mut State) -> &mut Vec<Recorded<T>>,
+    metadata: MetadataMap,
+    message: &T,
+) {
+    let mut state = lock(state);
+    if !state.forget_history {
+        calls(&mut state).push(Recorded {
+            metadata,
+            message: message.clone(),
+        });
+    }
+}
+
+/// A `Reject` fault's status: the call fails before it looks at anything.
+fn rejected(fault: Option<&Fault>) -> Result<(), Status> {
+    match fault {
+        Some(Fault::Reject(code, text)) => Err(Status::new(*code, text.clone())),
+        _ => Ok(()),
+    }
+}
+
+/// The answer of a call once done: a lost reply (`FailAfterStore`: done, then failed) fails
+/// it, a delay has already passed.
+fn answer<T>(fault: Option<Fault>, message: T) -> Result<Response<T>, Status> {
+    match fault {
+        Some(Fault::Reject(code, text) | Fault::FailAfterStore(code, text)) => {
+            Err(Status::new(code, text))
+        }
+        Some(Fault::Delay(_)) | None => Ok(Response::new(message)),
     }
 }
 

@@ -2,6 +2,7 @@
 
 #[cfg(feature = "demo")]
 mod demo;
+mod documents;
 #[cfg(feature = "demo")]
 mod emulator;
 mod enqueue_batch;
@@ -38,6 +39,30 @@ enum Command {
     /// Enqueue every document of a JSON-lines file (or stdin) with BatchCreateTasks; print
     /// the failed ones as JSON lines on stdout and a summary on stderr.
     EnqueueBatch(enqueue_batch::EnqueueBatchArgs),
+    /// Show a de-duplicated document's task: schedule time, dispatches, first and last attempt.
+    ///
+    /// Exit 0 if the task exists; exit 3 if it does not: the document was never enqueued (under
+    /// that key), or its task is already done: Cloud Tasks deletes a task once the backend
+    /// answered it with a success, once its retries ran out, or when it was cancelled.
+    Status(documents::StatusArgs),
+    /// Cancel a de-duplicated document's task (DeleteTask); no task to cancel is not an error.
+    ///
+    /// Exit 0 whether a task was deleted or there was none. Cloud Tasks refuses the task's name
+    /// for about an hour after the deletion: to process the document sooner, enqueue it with a
+    /// new --dedupe-key.
+    Cancel(documents::CancelArgs),
+    /// Dispatch a de-duplicated document's task now (RunTask), to re-drive a stuck document.
+    ///
+    /// Runs even if the task is scheduled later, is being retried with backoff, or the queue
+    /// is paused or rate limited. Exit 3 if the document has no task (never enqueued, or
+    /// already done). Not retried once the request may have reached Cloud Tasks, since every
+    /// RunTask dispatches the task again.
+    Run(documents::RunArgs),
+    /// List the tasks waiting in the queue (ListTasks), printing each page as it arrives.
+    ///
+    /// One line per task: task ID, schedule time, dispatches, answers and the last answer's
+    /// status; the count goes to stderr.
+    List(documents::ListArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,6 +138,10 @@ async fn run(cli: Cli) -> ExitCode {
             Err(error) => report(&error),
         },
         Command::EnqueueBatch(args) => enqueue_batch::run(args).await,
+        Command::Status(args) => documents::status(args).await,
+        Command::Cancel(args) => documents::cancel(args).await,
+        Command::Run(args) => documents::run(args).await,
+        Command::List(args) => documents::list(args).await,
         #[cfg(feature = "demo")]
         Command::Demo(args) => demo::run(args).await,
         #[cfg(feature = "demo")]
