@@ -389,7 +389,14 @@ impl Shared {
         if !end_of_stream {
             // Queued behind the HEADERS before the connection task runs, so both go out in one
             // write; h2 waits for flow-control capacity itself if the body is larger.
-            stream.send_data(body, true).map_err(call_failed)?;
+            if let Err(error) = stream.send_data(body, true) {
+                // The stream ended in between (refused, above a GOAWAY's last-stream-id, its
+                // connection closed): its answer says which.
+                return Err(match response.await {
+                    Err(reason) => response_failed(reason),
+                    Ok(_) => Box::new(call_failed(error)),
+                });
+            }
         }
         let abandoned = CheckIfAbandoned {
             slot: Some(slot),
