@@ -54,8 +54,7 @@ mod transport;
 mod validate;
 
 pub use batch::{
-    BatchEnqueuer, BatchOptions, DEFAULT_OPERATION_TIMEOUT, EnqueueMode, KeyedOutcome,
-    MAX_BATCH_SIZE, Outcome,
+    BatchEnqueuer, BatchOptions, DEFAULT_OPERATION_TIMEOUT, EnqueueMode, MAX_BATCH_SIZE,
 };
 pub use client::{
     CallOptions, ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
@@ -64,11 +63,11 @@ pub use client::{
 };
 pub use config::{EMULATOR_HOST_VAR, Settings, Target};
 pub use dedupe::document_task_id;
-pub use error::{ConfigError, ConfigProblem, Error};
+pub use error::{Code, ConfigError, ConfigProblem, Error, Status};
 pub use google_cloud_auth::credentials::Credentials;
 pub use payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
 pub use retry::RetryPolicy;
-pub use task::{DEFAULT_DISPATCH_DEADLINE, DocumentTask, HttpTask};
+pub use task::{DEFAULT_DISPATCH_DEADLINE, DocumentTask, HttpTask, NewTask};
 pub use uuid::Uuid;
 
 /// The README's Rust examples, compiled as doc tests so they stay true.
