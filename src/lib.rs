@@ -11,18 +11,29 @@
 //! let settings = Settings::from_env()?;
 //! if settings.is_cloud_tasks_configured() {
 //!     let client = CloudTasksClient::from_settings(&settings)?;
-//!     let task = client
+//!     let enqueued = client
 //!         .create_document_processing_task(uuid::Uuid::new_v4(), "invoice.pdf")
 //!         .await?;
-//!     println!("enqueued {}", task.name);
+//!     println!("enqueued {}", enqueued.task_name());
 //! }
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! To enqueue many documents at once, [`CloudTasksClient::create_document_processing_tasks`] (or
-//! a streaming [`BatchEnqueuer`]) sends `BatchCreateTasks` calls of up to 100 tasks, several in
-//! flight, and reports each document's [`Outcome`]; `PERFORMANCE.md` has the measurements.
+//! # Enqueuing
+//!
+//! | one task | many tasks | a stream of tasks |
+//! |---|---|---|
+//! | [`CloudTasksClient::enqueue`] | [`CloudTasksClient::enqueue_all`] | [`CloudTasksClient::batch_enqueuer`], [`BatchEnqueuer::push`] |
+//! | `Result<Enqueued, Error>` | one `Result<Enqueued, Error>` per task, in input order | one `(key, Result<Enqueued, Error>)` per task |
+//!
+//! Each takes a [`DocumentTask`] (the Python backend's request, optionally de-duplicated) or
+//! an [`HttpTask`] (any path, method, body, schedule or name). A success is an [`Enqueued`]:
+//! created, with the task, or already enqueued, with its name (a named task that exists). A
+//! failure is an [`Error`], whose [`Error::task_may_exist`] says whether the task may exist
+//! anyway. The bulk paths send `BatchCreateTasks` calls of up to 100 tasks, several in flight;
+//! `PERFORMANCE.md` has the measurements. [`CloudTasksClient::create_document_processing_task`]
+//! is the one shortcut, for the Python backend's call.
 //!
 //! # Features
 //! - `testing`: [`testing::MockCloudTasks`], an in-process Cloud Tasks server for tests.

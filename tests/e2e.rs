@@ -158,7 +158,7 @@ fn right(audience: &str, issuer: &str) -> OidcVerifier {
 async fn an_enqueued_document_is_delivered_and_verified() {
     let mut pipeline = Pipeline::start(false, right).await;
     let sent = document("résumé – Zoë.pdf");
-    let task = pipeline
+    let enqueued = pipeline
         .client
         .create_document_processing_task(sent.document_id, &sent.filename)
         .await
@@ -170,7 +170,10 @@ async fn an_enqueued_document_is_delivered_and_verified() {
     assert_eq!(delivery.token.issuer, pipeline.issuer);
     let context = &delivery.context;
     assert_eq!(context.queue_name, QUEUE);
-    assert_eq!(pipeline.client.task_name(&context.task_name), task.name);
+    assert_eq!(
+        pipeline.client.task_name(&context.task_name),
+        enqueued.task_name()
+    );
     assert_eq!(context.retry_count, 0);
     assert_eq!(context.execution_count, 0);
     assert_eq!(context.previous_response, None);
