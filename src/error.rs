@@ -558,3 +558,46 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The crate's codes are gRPC's, value for value, so `from_status` reads tonic's right.
+    #[test]
+    fn codes_are_grpcs() {
+        for value in -1..=17 {
+            let code = Code::from(value);
+            let tonic_code = tonic::Code::from_i32(value);
+            assert_eq!(i32::from(code), i32::from(tonic_code), "{value}");
+            assert_eq!(format!("{code:?}"), format!("{tonic_code:?}"), "{value}");
+        }
+        assert_eq!(Code::from(99), Code::Unknown);
+        assert_eq!(Code::NotFound.to_string(), "NOT_FOUND");
+        assert_eq!(Code::Ok.to_string(), "OK");
+    }
+
+    /// The status's message and details are the error's, and the tonic status is its source.
+    #[test]
+    fn the_status_is_reachable_and_the_error_clones() {
+        let call = CallContext {
+            endpoint: "http://127.0.0.1:1",
+            queue: "projects/p/locations/l/queues/q",
+            service_account: "a@p.iam.gserviceaccount.com",
+        };
+        let status = tonic::Status::with_details(
+            tonic::Code::PermissionDenied,
+            "denied",
+            bytes::Bytes::from_static(b"details"),
+        );
+        let error = from_status(status, call).clone();
+        assert_eq!(error.code(), Some(Code::PermissionDenied));
+        assert_eq!(error.status_message(), Some("denied"));
+        assert_eq!(error.status_details(), Some(&b"details"[..]));
+        let source = std::error::Error::source(&error).unwrap();
+        assert_eq!(
+            source.downcast_ref::<tonic::Status>().unwrap().message(),
+            "denied"
+        );
+    }
+}

@@ -156,7 +156,7 @@ async fn partial_failures_are_reported_per_document() {
                 "{outcome:?}"
             ),
             4 => {
-                let error = outcome.as_ref().err().expect("refused by the server");
+                let error = outcome.as_ref().expect_err("refused by the server");
                 assert!(error.is_permission_denied(), "{error}");
                 assert!(
                     error.to_string().contains("roles/cloudtasks.enqueuer"),
@@ -164,7 +164,7 @@ async fn partial_failures_are_reported_per_document() {
                 );
             }
             6 => {
-                let error = outcome.as_ref().err().expect("refused locally");
+                let error = outcome.as_ref().expect_err("refused locally");
                 assert!(error.is_config(), "{error}");
                 assert!(error.to_string().contains("file name is empty"), "{error}");
             }
@@ -235,7 +235,7 @@ async fn an_operation_that_outlives_its_timeout_fails_its_tasks_as_maybe_created
         )
         .await;
     for outcome in &outcomes {
-        let error = outcome.as_ref().err().expect("timed out");
+        let error = outcome.as_ref().expect_err("timed out");
         assert!(error.is_timeout() && error.task_may_exist(), "{error}");
     }
     assert!(!server.get_operation_calls().is_empty());
