@@ -41,6 +41,8 @@ use crate::proto::{
 };
 use crate::retry::{Attempt, Idempotency};
 use crate::task::NewTask;
+#[cfg(doc)]
+use crate::{DocumentTask, HttpTask, ProcessDocumentPayload};
 
 /// The most tasks one `BatchCreateTasks` call may carry.
 pub const MAX_BATCH_SIZE: usize = 100;
@@ -130,10 +132,10 @@ impl BatchOptions {
     }
 
     /// Names each unnamed document's task after the document, as
-    /// [`DocumentTask::deduplicated`](crate::DocumentTask::deduplicated) does, so a document that was already enqueued within about
-    /// an hour is reported as [`Enqueued::AlreadyExists`] instead of being enqueued twice.
-    /// Applies to [`DocumentTask`](crate::DocumentTask)s, not to [`HttpTask`](crate::HttpTask)s, which carry their own ID if they want
-    /// one.
+    /// [`DocumentTask::deduplicated`] does, so a document that was already enqueued within
+    /// about an hour is reported as [`Enqueued::AlreadyExists`] instead of being enqueued twice.
+    /// Applies to [`DocumentTask`]s, not to [`HttpTask`]s, which carry their own ID if they
+    /// want one.
     pub const fn with_dedupe(mut self, dedupe: bool) -> Self {
         self.dedupe = dedupe;
         self
@@ -206,11 +208,11 @@ pub struct BatchEnqueuer<K> {
 }
 
 impl<K: Send + 'static> BatchEnqueuer<K> {
-    /// Checks `task` (a [`DocumentTask`](crate::DocumentTask) or an [`HttpTask`](crate::HttpTask)) locally and queues it; a task that
-    /// breaks a Cloud Tasks rule fails alone with [`Error::InvalidTask`]. A document is the same
-    /// request [`CloudTasksClient::enqueue`] sends, named after the document when the options
-    /// ask for de-duplication. Sends a call when a batch is full (in per-task mode, at once),
-    /// first waiting while `concurrency` calls are in flight.
+    /// Checks `task` (a [`DocumentTask`] or an [`HttpTask`]) locally and queues it; a task
+    /// that breaks a Cloud Tasks rule fails alone with [`Error::InvalidTask`]. A document is
+    /// the same request [`CloudTasksClient::enqueue`] sends, named after the document when the
+    /// options ask for de-duplication. Sends a call when a batch is full (in per-task mode, at
+    /// once), first waiting while `concurrency` calls are in flight.
     ///
     /// Returns the outcomes of tasks whose calls finished meanwhile (possibly none), each with
     /// its key.
@@ -314,9 +316,9 @@ impl CloudTasksClient {
         }
     }
 
-    /// Enqueues every task (each a [`DocumentTask`](crate::DocumentTask), an [`HttpTask`](crate::HttpTask) or a
-    /// [`ProcessDocumentPayload`](crate::ProcessDocumentPayload)), as
-    /// [`CloudTasksClient::enqueue`] would one by one, in batches (or per task) as `options` say.
+    /// Enqueues every task (each a [`DocumentTask`], an [`HttpTask`] or a
+    /// [`ProcessDocumentPayload`]), as [`CloudTasksClient::enqueue`] would one by one, in
+    /// batches (or per task) as `options` say.
     ///
     /// Returns one outcome per task, in input order: the same `Result<Enqueued, Error>` a
     /// single enqueue returns. Partial failure is normal: check each outcome. A task that breaks

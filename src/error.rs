@@ -157,7 +157,7 @@ impl Error {
 
     /// The status details as received: an encoded `google.rpc.Status` (the
     /// `grpc-status-details-bin` trailer), empty if the server sent none. Decode it with
-    /// `prost::Message::decode` into [`proto::google::rpc::Status`](crate::proto::google::rpc::Status).
+    /// `prost::Message::decode` into [`crate::proto::google::rpc::Status`].
     pub fn status_details(&self) -> Option<&[u8]> {
         self.status().map(Status::details)
     }

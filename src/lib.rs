@@ -22,10 +22,11 @@
 //!
 //! # Enqueuing
 //!
-//! | one task | many tasks | a stream of tasks |
-//! |---|---|---|
-//! | [`CloudTasksClient::enqueue`] | [`CloudTasksClient::enqueue_all`] | [`CloudTasksClient::batch_enqueuer`], [`BatchEnqueuer::push`] |
-//! | `Result<Enqueued, Error>` | one `Result<Enqueued, Error>` per task, in input order | one `(key, Result<Enqueued, Error>)` per task |
+//! - One task: [`CloudTasksClient::enqueue`] returns `Result<Enqueued, Error>`.
+//! - Many tasks: [`CloudTasksClient::enqueue_all`] returns one `Result<Enqueued, Error>` per
+//!   task, in input order.
+//! - A stream of tasks: [`CloudTasksClient::batch_enqueuer`]; [`BatchEnqueuer::push`] returns
+//!   `(key, Result<Enqueued, Error>)` pairs as calls finish.
 //!
 //! Each takes a [`DocumentTask`] (the Python backend's request, optionally de-duplicated) or
 //! an [`HttpTask`] (any path, method, body, schedule or name). A success is an [`Enqueued`]:
