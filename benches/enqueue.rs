@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use cloud_tasks::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use cloud_tasks::testing::MockCloudTasks;
-use cloud_tasks::{BatchOptions, CloudTasksClient, ProcessDocumentPayload, Uuid};
+use cloud_tasks::{BatchOptions, CloudTasksClient, Enqueued, ProcessDocumentPayload, Uuid};
 use tonic::transport::{Channel, Endpoint};
 
 const PROJECT: &str = "bench-project";
@@ -339,9 +339,13 @@ async fn client_create_batch(client: CloudTasksClient, index: usize) {
         filename: format!("scan-{}.pdf", index * 100 + offset),
     });
     let outcomes = client
-        .create_document_processing_tasks(documents, BatchOptions::new().with_concurrency(1))
+        .enqueue_all(documents, BatchOptions::new().with_concurrency(1))
         .await;
-    assert!(outcomes.iter().all(|outcome| outcome.is_created()));
+    assert!(
+        outcomes
+            .iter()
+            .all(|outcome| outcome.as_ref().is_ok_and(Enqueued::was_created))
+    );
 }
 
 /// Tasks per path for the instruction counts: enough that connection setup and warm-up are

@@ -19,10 +19,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with_emulator_host(server.host())
         .build()?;
 
-    let task = client
+    let enqueued = client
         .create_document_processing_task(Uuid::new_v4(), "quarterly report.pdf")
         .await?;
-    println!("created {}", task.name);
+    println!("created {}", enqueued.task_name());
 
     for call in server.create_task_calls() {
         let Some(task) = call.message.task else {

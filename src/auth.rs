@@ -1,5 +1,7 @@
 //! Per-call request metadata: Google credentials, the routing header and the client identity.
 
+use std::sync::Arc;
+
 use google_cloud_auth::credentials::{self, CacheableResource, Credentials};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -53,7 +55,7 @@ impl Auth {
             .build()
             .map(Self::Google)
             .map_err(|error| Error::Auth {
-                source: Box::new(error),
+                source: Arc::new(error),
             })
     }
 
@@ -69,7 +71,7 @@ impl Auth {
             .headers(http::Extensions::new())
             .await
             .map_err(|error| Error::Auth {
-                source: Box::new(error),
+                source: Arc::new(error),
             })?;
         if let CacheableResource::New { data, .. } = fresh {
             for (name, mut value) in data {

@@ -1,8 +1,9 @@
 //! Bulk enqueue: `BatchCreateTasks` (up to 100 tasks a call, several calls in flight on the one
 //! HTTP/2 channel, following the long-running operation), or one `CreateTask` per task.
 //!
-//! A batch is not atomic: each task gets its own [`Outcome`], and a failed task (or a failed
-//! batch) is a result, not an `Err`. Each batch carries a fresh UUIDv4 `request_id`, created
+//! A batch is not atomic: each task gets its own `Result<Enqueued, Error>`, the same outcome a
+//! single [`CloudTasksClient::enqueue`] returns, and a failed task (or a failed batch) does not
+//! stop the others. Each batch carries a fresh UUIDv4 `request_id`, created
 //! before the first attempt, so a retry of one batch attempt (`send_batch_once`) with the same
 //! request is not applied twice by Cloud Tasks.
 //!
@@ -15,26 +16,23 @@
 //!   needs neither `futures` nor a callback.
 //! - Each task is validated locally first (`HttpTask::into_proto`), so one bad task fails alone
 //!   instead of making Cloud Tasks reject its whole batch.
-//! - Tasks of a batch that failed as a whole share one `Arc<Error>`: `Error` is not `Clone` (it
-//!   holds transport and credential errors), and copying the message would lose `source()`.
+//! - Tasks of a batch that failed as a whole each get a clone of its error (`Error` is cheap to
+//!   clone: its causes are shared), so every task's outcome keeps `source()`.
 //! - Retries follow the crate's one policy (`retry.rs`): a batch is idempotent thanks to its
 //!   `request_id`, and polling an operation is a read, so both are retried on transient
-//!   failures; per-task mode retries exactly as `create_http_task` does. A batch that still
+//!   failures; per-task mode retries exactly as `enqueue` does. A batch that still
 //!   fails reports each of its tasks failed, with [`Error::task_may_exist`] telling whether they
 //!   may exist anyway; with de-duplicated (named) tasks, enqueuing them again is safe.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio::task::JoinSet;
-use tonic::Code;
 use uuid::Uuid;
 
-use crate::client::{CallOptions, CloudTasksClient};
+use crate::client::{CallOptions, CloudTasksClient, Enqueued};
 use crate::error::Error;
-use crate::payload::ProcessDocumentPayload;
 use crate::proto::google::longrunning::operations_client::OperationsClient;
 use crate::proto::google::longrunning::{GetOperationRequest, operation};
 use crate::proto::{
@@ -42,7 +40,9 @@ use crate::proto::{
     Operation, Task,
 };
 use crate::retry::{Attempt, Idempotency};
-use crate::task::{DocumentTask, HttpTask};
+use crate::task::NewTask;
+#[cfg(doc)]
+use crate::{DocumentTask, HttpTask, ProcessDocumentPayload};
 
 /// The most tasks one `BatchCreateTasks` call may carry.
 pub const MAX_BATCH_SIZE: usize = 100;
@@ -131,11 +131,11 @@ impl BatchOptions {
         self
     }
 
-    /// Names each document's task after the document
-    /// ([`document_task_id`](crate::document_task_id)), so a document that was already enqueued
-    /// within about an hour is reported as [`Outcome::AlreadyExists`] instead of being enqueued
-    /// twice. Applies to documents, not to [`HttpTask`]s, which carry
-    /// their own ID if they want one.
+    /// Names each unnamed document's task after the document, as
+    /// [`DocumentTask::deduplicated`] does, so a document that was already enqueued within
+    /// about an hour is reported as [`Enqueued::AlreadyExists`] instead of being enqueued twice.
+    /// Applies to [`DocumentTask`]s, not to [`HttpTask`]s, which carry their own ID if they
+    /// want one.
     pub const fn with_dedupe(mut self, dedupe: bool) -> Self {
         self.dedupe = dedupe;
         self
@@ -168,66 +168,35 @@ impl BatchOptions {
     }
 }
 
-/// What happened to one task of a bulk enqueue.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// Cloud Tasks created the task (boxed: a task is large next to the other variants).
-    Created(Box<Task>),
-    /// A task with the same name exists or existed within about the last hour: with
-    /// de-duplication, the document was already enqueued.
-    AlreadyExists,
-    /// The task was not created, or it is unknown whether it was ([`Error::task_may_exist`]).
-    /// Tasks of a batch that failed as a whole share one error.
-    Failed(Arc<Error>),
-}
-
-impl Outcome {
-    /// The task was created.
-    pub fn is_created(&self) -> bool {
-        matches!(self, Self::Created(_))
-    }
-
-    /// The error, if the task failed.
-    pub fn error(&self) -> Option<&Error> {
-        match self {
-            Self::Failed(error) => Some(error),
-            _ => None,
-        }
-    }
-}
-
-/// The outcome of one task, with the caller's key for it.
-#[derive(Debug, Clone)]
-pub struct KeyedOutcome<K> {
-    /// What the caller passed to [`BatchEnqueuer::push`] with the task.
-    pub key: K,
-    /// What happened to the task.
-    pub outcome: Outcome,
-}
+/// One task's outcome in a [`BatchEnqueuer`], with the key the caller pushed it with.
+type Keyed<K> = (K, Result<Enqueued, Error>);
 
 /// Enqueues a stream of tasks with bounded concurrency; memory stays bounded by
 /// `concurrency x batch size` tasks however many are pushed.
 ///
-/// [`BatchEnqueuer::push`] returns the outcomes of the calls that finished meanwhile and waits
-/// when `concurrency` calls are in flight; [`BatchEnqueuer::finish`] sends the rest and returns
-/// the remaining outcomes. Every pushed task's outcome is returned exactly once. Dropping the
-/// enqueuer abandons the calls in flight: their tasks may or may not exist.
+/// [`BatchEnqueuer::push`] returns the outcomes of the calls that finished meanwhile, each with
+/// the key it was pushed with, and waits when `concurrency` calls are in flight;
+/// [`BatchEnqueuer::finish`] sends the rest and returns the remaining outcomes. Every pushed
+/// task's outcome is returned exactly once. Dropping the enqueuer abandons the calls in flight:
+/// their tasks may or may not exist.
 ///
 /// ```no_run
 /// # async fn run(client: cloud_tasks::CloudTasksClient) {
-/// use cloud_tasks::{BatchOptions, ProcessDocumentPayload, Uuid};
+/// use cloud_tasks::{BatchOptions, DocumentTask, Uuid};
 ///
 /// let mut enqueuer = client.batch_enqueuer(BatchOptions::new().with_dedupe(true));
 /// let mut outcomes = Vec::new();
 /// for line in 0..1000_u32 {
-///     let document = ProcessDocumentPayload {
-///         document_id: Uuid::new_v4(),
-///         filename: format!("scan-{line}.pdf"),
-///     };
-///     outcomes.extend(enqueuer.push_document(line, &document).await);
+///     let document = DocumentTask::new(Uuid::new_v4(), format!("scan-{line}.pdf"));
+///     outcomes.extend(enqueuer.push(line, document).await);
 /// }
 /// outcomes.extend(enqueuer.finish().await);
 /// assert_eq!(outcomes.len(), 1000);
+/// for (line, outcome) in outcomes {
+///     if let Err(error) = outcome {
+///         eprintln!("line {line}: {error}");
+///     }
+/// }
 /// # }
 /// ```
 #[derive(Debug)]
@@ -235,40 +204,33 @@ pub struct BatchEnqueuer<K> {
     client: CloudTasksClient,
     options: BatchOptions,
     pending: Vec<(K, Task)>,
-    in_flight: JoinSet<Vec<KeyedOutcome<K>>>,
+    in_flight: JoinSet<Vec<Keyed<K>>>,
 }
 
 impl<K: Send + 'static> BatchEnqueuer<K> {
-    /// Checks `task` locally and queues it; a task that breaks a Cloud Tasks rule fails alone
-    /// with [`Error::InvalidTask`]. Sends a call when a batch is full (in per-task mode, at
+    /// Checks `task` (a [`DocumentTask`] or an [`HttpTask`]) locally and queues it; a task
+    /// that breaks a Cloud Tasks rule fails alone with [`Error::InvalidTask`]. A document is
+    /// the same request [`CloudTasksClient::enqueue`] sends, named after the document when the
+    /// options ask for de-duplication. Sends a call when a batch is full (in per-task mode, at
     /// once), first waiting while `concurrency` calls are in flight.
     ///
-    /// Returns the outcomes of tasks whose calls finished meanwhile (possibly none).
-    pub async fn push(&mut self, key: K, task: HttpTask) -> Vec<KeyedOutcome<K>> {
-        let proto = self.client.task_proto(task);
+    /// Returns the outcomes of tasks whose calls finished meanwhile (possibly none), each with
+    /// its key.
+    pub async fn push(
+        &mut self,
+        key: K,
+        task: impl Into<NewTask>,
+    ) -> Vec<(K, Result<Enqueued, Error>)> {
+        let proto = task
+            .into()
+            .into_http_task(self.options.dedupe)
+            .and_then(|task| self.client.task_proto(task));
         self.push_proto(key, proto).await
     }
 
-    /// Like [`BatchEnqueuer::push`] for a document-processing task, the same request as
-    /// [`CloudTasksClient::create_document_processing_task`] sends; named after the document
-    /// when the options ask for de-duplication.
-    pub async fn push_document(
-        &mut self,
-        key: K,
-        document: &ProcessDocumentPayload,
-    ) -> Vec<KeyedOutcome<K>> {
-        let mut task = DocumentTask::new(document.document_id, document.filename.clone());
-        if self.options.dedupe {
-            task = task.deduplicated();
-        }
-        match task.to_http_task() {
-            Ok(task) => self.push(key, task).await,
-            Err(error) => self.push_proto(key, Err(error)).await,
-        }
-    }
-
-    /// Sends what is queued and waits for every call in flight.
-    pub async fn finish(mut self) -> Vec<KeyedOutcome<K>> {
+    /// Sends what is queued and waits for every call in flight; returns the remaining
+    /// outcomes, each with its key.
+    pub async fn finish(mut self) -> Vec<(K, Result<Enqueued, Error>)> {
         let mut done = Vec::new();
         if !self.pending.is_empty() {
             self.send_pending(&mut done).await;
@@ -284,14 +246,11 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
         self.in_flight.len()
     }
 
-    async fn push_proto(&mut self, key: K, task: Result<Task, Error>) -> Vec<KeyedOutcome<K>> {
+    async fn push_proto(&mut self, key: K, task: Result<Task, Error>) -> Vec<Keyed<K>> {
         let mut done = Vec::new();
         match task {
             Ok(task) => self.pending.push((key, task)),
-            Err(error) => done.push(KeyedOutcome {
-                key,
-                outcome: Outcome::Failed(Arc::new(error)),
-            }),
+            Err(error) => done.push((key, Err(error))),
         }
         let full = match self.options.mode {
             EnqueueMode::Batch => self.options.batch_size,
@@ -306,7 +265,7 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
         done
     }
 
-    async fn send_pending(&mut self, done: &mut Vec<KeyedOutcome<K>>) {
+    async fn send_pending(&mut self, done: &mut Vec<Keyed<K>>) {
         while self.in_flight.len() >= self.options.concurrency {
             if let Some(joined) = self.in_flight.join_next().await {
                 done.extend(unwrap_joined(joined));
@@ -324,8 +283,9 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
                 self.in_flight.spawn(async move {
                     let mut done = Vec::with_capacity(items.len());
                     for (key, task) in items {
-                        let outcome = client.create_one(task).await;
-                        done.push(KeyedOutcome { key, outcome });
+                        // The call `enqueue` makes, retries included.
+                        let outcome = client.enqueue_validated(task, &CallOptions::new()).await;
+                        done.push((key, outcome));
                     }
                     done
                 });
@@ -356,43 +316,28 @@ impl CloudTasksClient {
         }
     }
 
-    /// Enqueues every document, as [`CloudTasksClient::create_document_processing_task`] would
-    /// one by one, in batches (or per task) as `options` say.
-    ///
-    /// Returns one outcome per document, in input order. Partial failure is normal: check each
-    /// outcome. With [`BatchOptions::with_dedupe`], running it again after an interruption
-    /// creates only the missing tasks and reports the others as [`Outcome::AlreadyExists`].
-    pub async fn create_document_processing_tasks(
-        &self,
-        documents: impl IntoIterator<Item = ProcessDocumentPayload>,
-        options: BatchOptions,
-    ) -> Vec<Outcome> {
-        let mut enqueuer = self.batch_enqueuer(options);
-        let mut done = Vec::new();
-        for (index, document) in documents.into_iter().enumerate() {
-            done.extend(enqueuer.push_document(index, &document).await);
-        }
-        done.extend(enqueuer.finish().await);
-        in_input_order(done)
-    }
-
-    /// Enqueues every task, as [`CloudTasksClient::create_http_task`] would one by one, in
+    /// Enqueues every task (each a [`DocumentTask`], an [`HttpTask`] or a
+    /// [`ProcessDocumentPayload`]), as [`CloudTasksClient::enqueue`] would one by one, in
     /// batches (or per task) as `options` say.
     ///
-    /// Returns one outcome per task, in input order; a task that breaks a Cloud Tasks rule fails
-    /// alone with [`Error::InvalidTask`].
-    pub async fn create_http_tasks(
+    /// Returns one outcome per task, in input order: the same `Result<Enqueued, Error>` a
+    /// single enqueue returns. Partial failure is normal: check each outcome. A task that breaks
+    /// a Cloud Tasks rule fails alone with [`Error::InvalidTask`]. With
+    /// [`BatchOptions::with_dedupe`], running it again after an interruption creates only the
+    /// missing tasks and reports the others as [`Enqueued::AlreadyExists`].
+    pub async fn enqueue_all<T: Into<NewTask>>(
         &self,
-        tasks: impl IntoIterator<Item = HttpTask>,
+        tasks: impl IntoIterator<Item = T>,
         options: BatchOptions,
-    ) -> Vec<Outcome> {
+    ) -> Vec<Result<Enqueued, Error>> {
         let mut enqueuer = self.batch_enqueuer(options);
         let mut done = Vec::new();
         for (index, task) in tasks.into_iter().enumerate() {
             done.extend(enqueuer.push(index, task).await);
         }
         done.extend(enqueuer.finish().await);
-        in_input_order(done)
+        done.sort_unstable_by_key(|(index, _)| *index);
+        done.into_iter().map(|(_, outcome)| outcome).collect()
     }
 
     /// One `BatchCreateTasks` attempt: sends `request` and returns the operation as first
@@ -457,11 +402,7 @@ impl CloudTasksClient {
         Ok(operation)
     }
 
-    async fn create_batch<K>(
-        &self,
-        items: Vec<(K, Task)>,
-        timeout: Duration,
-    ) -> Vec<KeyedOutcome<K>> {
+    async fn create_batch<K>(&self, items: Vec<(K, Task)>, timeout: Duration) -> Vec<Keyed<K>> {
         let queue = self.queue_path();
         let (keys, tasks): (Vec<K>, Vec<Task>) = items.into_iter().unzip();
         let names: Vec<String> = tasks.iter().map(|task| task.name.clone()).collect();
@@ -494,11 +435,7 @@ impl CloudTasksClient {
             Ok(operation) => self.batch_outcomes(operation, &names),
             Err(error) => {
                 tracing::warn!(queue, %request_id, %error, tasks = names.len(), "BatchCreateTasks failed");
-                let error = Arc::new(error);
-                names
-                    .iter()
-                    .map(|_| Outcome::Failed(error.clone()))
-                    .collect()
+                names.iter().map(|_| Err(error.clone())).collect()
             }
         };
         tracing::debug!(
@@ -508,10 +445,7 @@ impl CloudTasksClient {
             latency_ms = started.elapsed().as_millis(),
             "BatchCreateTasks finished"
         );
-        keys.into_iter()
-            .zip(outcomes)
-            .map(|(key, outcome)| KeyedOutcome { key, outcome })
-            .collect()
+        keys.into_iter().zip(outcomes).collect()
     }
 
     /// Each request's outcome from a finished operation.
@@ -520,7 +454,11 @@ impl CloudTasksClient {
     /// tasks. Named tasks are matched by name; unnamed ones take the remaining created tasks in
     /// request order (the proto does not promise an order, so a server that reorders unnamed
     /// tasks would pair them up differently, but each would still be reported created).
-    fn batch_outcomes(&self, operation: Operation, names: &[String]) -> Vec<Outcome> {
+    fn batch_outcomes(
+        &self,
+        operation: Operation,
+        names: &[String],
+    ) -> Vec<Result<Enqueued, Error>> {
         let metadata = operation
             .metadata
             .filter(|any| any.type_url == METADATA_TYPE)
@@ -549,7 +487,7 @@ impl CloudTasksClient {
             Some(operation::Result::Error(status)) => (Vec::new(), Some(rpc_status(status))),
             None => (Vec::new(), None),
         };
-        let batch_error = batch_error.map(|status| Arc::new(self.status_error(status)));
+        let batch_error = batch_error.map(|status| self.status_error(status));
 
         let mut by_name: HashMap<String, Task> = HashMap::new();
         let mut unnamed: VecDeque<Task> = VecDeque::new();
@@ -573,15 +511,18 @@ impl CloudTasksClient {
                     .ok()
                     .and_then(|index| failed.remove(&index));
                 if let Some(status) = failure {
-                    let status = rpc_status(status);
-                    return if status.code() == Code::AlreadyExists {
-                        Outcome::AlreadyExists
+                    let error = self.status_error(rpc_status(status));
+                    // As for a single task: ALREADY_EXISTS is an outcome for a named task.
+                    return if error.is_already_exists() && !name.is_empty() {
+                        Ok(Enqueued::AlreadyExists {
+                            task_name: name.clone(),
+                        })
                     } else {
-                        Outcome::Failed(Arc::new(self.status_error(status)))
+                        Err(error)
                     };
                 }
                 if let Some(error) = &batch_error {
-                    return Outcome::Failed(error.clone());
+                    return Err(error.clone());
                 }
                 let task = if name.is_empty() {
                     unnamed.pop_front()
@@ -590,39 +531,28 @@ impl CloudTasksClient {
                 };
                 task.map_or_else(
                     || {
-                        Outcome::Failed(Arc::new(self.status_error(tonic::Status::unknown(
+                        Err(self.status_error(tonic::Status::unknown(
                             "BatchCreateTasks finished without reporting this task as created \
                              or failed; the task may or may not exist",
-                        ))))
+                        )))
                     },
-                    |task| Outcome::Created(Box::new(task)),
+                    |task| Ok(Enqueued::Created(Box::new(task))),
                 )
             })
             .collect()
     }
-
-    /// The call `create_http_task` makes, retries included, with the result classified instead
-    /// of returned.
-    async fn create_one(&self, task: Task) -> Outcome {
-        match self
-            .create_validated(task, &CallOptions::new())
-            .await
-            .result
-        {
-            Ok(task) => Outcome::Created(Box::new(task)),
-            Err(error) if error.is_already_exists() => Outcome::AlreadyExists,
-            Err(error) => Outcome::Failed(Arc::new(error)),
-        }
-    }
 }
 
+/// A per-task or whole-batch status of an operation as a transport status, details included
+/// (as the encoded `google.rpc.Status` the `grpc-status-details-bin` trailer carries).
 fn rpc_status(status: crate::proto::google::rpc::Status) -> tonic::Status {
-    tonic::Status::new(Code::from_i32(status.code), status.message)
-}
-
-fn in_input_order(mut done: Vec<KeyedOutcome<usize>>) -> Vec<Outcome> {
-    done.sort_unstable_by_key(|enqueued| enqueued.key);
-    done.into_iter().map(|enqueued| enqueued.outcome).collect()
+    let code = tonic::Code::from_i32(status.code);
+    if status.details.is_empty() {
+        tonic::Status::new(code, status.message)
+    } else {
+        let details = bytes::Bytes::from(status.encode_to_vec());
+        tonic::Status::with_details(code, status.message, details)
+    }
 }
 
 #[cfg(test)]

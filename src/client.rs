@@ -15,7 +15,7 @@ use crate::config::{Settings, Target};
 use crate::error::{self, CallContext, Error};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use crate::retry::{self, Attempt, Attempted, Idempotency, RetryPolicy};
-use crate::task::{DocumentTask, HttpTask};
+use crate::task::{DocumentTask, HttpTask, NewTask};
 use crate::transport::{ConnectionOptions, Http2Channel, Security, SetupError};
 
 /// Google's global Cloud Tasks endpoint.
@@ -56,10 +56,10 @@ const USER_AGENT: &str = concat!("cloud-tasks-rs/", env!("CARGO_PKG_VERSION"));
 ///
 /// let settings = Settings::from_env()?;
 /// let client = CloudTasksClient::from_settings(&settings)?;
-/// let task = client
+/// let enqueued = client
 ///     .create_document_processing_task(uuid::Uuid::new_v4(), "report.pdf")
 ///     .await?;
-/// println!("enqueued {}", task.name);
+/// println!("enqueued {}", enqueued.task_name());
 /// # Ok(())
 /// # }
 /// ```
@@ -137,78 +137,51 @@ impl CloudTasksClient {
     /// `{"document_id": ..., "filename": ...}`, an OIDC token for the service account with the
     /// service URL as audience, and a 600 s dispatch deadline.
     ///
-    /// The task is unnamed, as the Python backend's was, so a call that may have reached Cloud
-    /// Tasks is never sent again ([`Error::task_may_exist`] tells the caller). For enqueuing
-    /// that is safe to repeat, use [`CloudTasksClient::enqueue_document`] with
-    /// [`DocumentTask::deduplicated`].
+    /// The same as [`CloudTasksClient::enqueue`] with `DocumentTask::new(document_id, filename)`
+    /// and the client's deadlines. The task is unnamed, as the Python backend's was, so a call
+    /// that may have reached Cloud Tasks is never sent again ([`Error::task_may_exist`] tells
+    /// the caller), and the outcome is always [`Enqueued::Created`]. For enqueuing that is safe
+    /// to repeat, use [`CloudTasksClient::enqueue`] with [`DocumentTask::deduplicated`].
     ///
     /// # Errors
-    /// See [`CloudTasksClient::create_http_task`].
+    /// See [`CloudTasksClient::enqueue`].
     pub async fn create_document_processing_task(
         &self,
         document_id: Uuid,
         filename: &str,
-    ) -> Result<Task, Error> {
-        let document = DocumentTask::new(document_id, filename);
-        self.create(document.to_http_task()?, &CallOptions::default())
-            .instrument(tracing::info_span!("document", %document_id))
-            .await
-            .result
-    }
-
-    /// Enqueues processing of a document with per-call options; in de-duplicated mode a
-    /// document already enqueued is reported as [`Enqueued::AlreadyExists`], a success.
-    ///
-    /// # Errors
-    /// See [`CloudTasksClient::create_http_task`].
-    pub async fn enqueue_document(
-        &self,
-        document: DocumentTask,
-        options: &CallOptions,
     ) -> Result<Enqueued, Error> {
-        let span = tracing::info_span!("document", document_id = %document.document_id());
-        self.enqueue(document.to_http_task()?, options)
-            .instrument(span)
-            .await
+        self.enqueue(
+            DocumentTask::new(document_id, filename),
+            &CallOptions::default(),
+        )
+        .await
     }
 
-    /// Enqueues any HTTP task for the backend: `task`'s path under the service URL, with the
-    /// client's OIDC token.
+    /// Enqueues one task: a [`DocumentTask`] for the backend's processing endpoint, or any
+    /// [`HttpTask`] (its path under the service URL, with the client's OIDC token). `options`
+    /// override the client's deadlines and retry policy (`&CallOptions::new()` keeps them).
     ///
-    /// A named task that Cloud Tasks refuses as ALREADY_EXISTS is an error here; use
-    /// [`CloudTasksClient::enqueue`] to get it as an outcome.
+    /// For a named task (de-duplicated, or with a task ID), ALREADY_EXISTS is an outcome, not
+    /// an error: [`Enqueued::AlreadyExists`], because the task was enqueued before, or by an
+    /// earlier attempt of this very call whose answer was lost.
     ///
     /// # Errors
     /// [`Error::InvalidTask`] before anything is sent if the task breaks a Cloud Tasks rule;
     /// otherwise what Cloud Tasks answered ([`Error::Rpc`]), [`Error::Connect`],
-    /// [`Error::Timeout`], or [`Error::Auth`]. Check [`Error::task_may_exist`] before
-    /// enqueuing again.
-    pub async fn create_http_task(&self, task: HttpTask) -> Result<Task, Error> {
-        self.create(task, &CallOptions::default()).await.result
-    }
-
-    /// Enqueues an HTTP task with per-call deadlines and retry policy.
-    ///
-    /// For a named task, ALREADY_EXISTS is an outcome, not an error: the task was enqueued
-    /// before, or by an earlier attempt of this very call whose answer was lost.
-    ///
-    /// # Errors
-    /// See [`CloudTasksClient::create_http_task`].
-    pub async fn enqueue(&self, task: HttpTask, options: &CallOptions) -> Result<Enqueued, Error> {
-        let task_name = task.task_id().map(|id| self.task_name(id));
-        let Attempted { result, attempts } = self.create(task, options).await;
-        match (result, task_name) {
-            (Ok(task), _) => Ok(Enqueued::Created(Box::new(task))),
-            (Err(error), Some(task_name)) if error.is_already_exists() => {
-                tracing::info!(
-                    task = %task_name,
-                    attempts,
-                    "task already exists; not enqueued again"
-                );
-                Ok(Enqueued::AlreadyExists { task_name })
-            }
-            (Err(error), _) => Err(error),
-        }
+    /// [`Error::NotProcessed`], [`Error::Timeout`], or [`Error::Auth`]. Check
+    /// [`Error::task_may_exist`] before enqueuing an unnamed task again.
+    pub async fn enqueue(
+        &self,
+        task: impl Into<NewTask>,
+        options: &CallOptions,
+    ) -> Result<Enqueued, Error> {
+        let task = task.into();
+        let span = match task.document_id() {
+            Some(document_id) => tracing::info_span!("document", %document_id),
+            None => tracing::Span::none(),
+        };
+        let task = self.task_proto(task.into_http_task(false)?)?;
+        self.enqueue_validated(task, options).instrument(span).await
     }
 
     /// Checks `task` against Cloud Tasks' rules and builds the proto `Task` for this client's
@@ -223,14 +196,26 @@ impl CloudTasksClient {
         )
     }
 
-    /// Validates `task`, then sends it under the retry policy, and logs the outcome.
-    async fn create(&self, task: HttpTask, options: &CallOptions) -> Attempted<Task> {
-        match self.task_proto(task) {
-            Ok(task) => self.create_validated(task, options).await,
-            Err(error) => Attempted {
-                result: Err(error),
-                attempts: 0,
-            },
+    /// Sends a validated task under the retry policy; a named task refused as ALREADY_EXISTS
+    /// is [`Enqueued::AlreadyExists`].
+    pub(crate) async fn enqueue_validated(
+        &self,
+        task: Task,
+        options: &CallOptions,
+    ) -> Result<Enqueued, Error> {
+        let task_name = (!task.name.is_empty()).then(|| task.name.clone());
+        let Attempted { result, attempts } = self.create_validated(task, options).await;
+        match (result, task_name) {
+            (Ok(task), _) => Ok(Enqueued::Created(Box::new(task))),
+            (Err(error), Some(task_name)) if error.is_already_exists() => {
+                tracing::info!(
+                    task = %task_name,
+                    attempts,
+                    "task already exists; not enqueued again"
+                );
+                Ok(Enqueued::AlreadyExists { task_name })
+            }
+            (Err(error), _) => Err(error),
         }
     }
 
@@ -447,7 +432,9 @@ impl CallOptions {
     }
 }
 
-/// What an enqueue achieved.
+/// What a successful enqueue achieved, the same for one task and for each task of a bulk
+/// enqueue. A failure is an [`Error`], with [`Error::task_may_exist`] telling whether the task
+/// may exist anyway.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Enqueued {
@@ -473,6 +460,14 @@ impl Enqueued {
     /// Whether this call created the task.
     pub fn was_created(&self) -> bool {
         matches!(self, Self::Created(_))
+    }
+
+    /// The task as Cloud Tasks created it, if this call created it.
+    pub fn task(&self) -> Option<&Task> {
+        match self {
+            Self::Created(task) => Some(task),
+            Self::AlreadyExists { .. } => None,
+        }
     }
 }
 
@@ -763,7 +758,7 @@ fn connect_lazily(
         }
         source => Error::Transport {
             endpoint: endpoint.to_owned(),
-            source: Box::new(source),
+            source: Arc::new(source),
         },
     })
 }

@@ -1,78 +1,66 @@
-//! The one error type of this crate, and the one place that interprets a `tonic::Status`.
+//! The one error type of this crate, its status code, and the one place that interprets a
+//! `tonic::Status`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
-
-use tonic::Code;
 
 use crate::transport::{NotSent, NotSentReason};
 
 /// Everything that can go wrong when building a client or enqueuing a task.
 ///
 /// Messages say what to do about the problem. Use the predicates ([`Error::is_not_found`],
-/// [`Error::task_may_exist`], ...) rather than matching on messages; [`std::error::Error::source`]
-/// gives the underlying cause (a `tonic::Status`, a transport or a credentials error).
+/// [`Error::task_may_exist`], ...) and [`Error::code`] rather than matching on messages;
+/// [`std::error::Error::source`] gives the underlying cause (the gRPC status as the transport
+/// reported it, with the connection or HTTP/2 error under it, or a credentials error).
+///
+/// Cheap to clone: the tasks of a batch that failed as a whole share one error.
 ///
 /// No variant carries an access token, an OIDC token or key material: neither `Display` nor
 /// `Debug` can leak one.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// The settings or builder values are missing or malformed. Nothing was sent.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
 
     /// The task was rejected before anything was sent (bad path, header, size, deadline...).
-    #[error("invalid task: {0}")]
     InvalidTask(String),
 
     /// Cloud Tasks answered the call with an error status.
-    #[error("{message}")]
     Rpc {
         /// What happened and what to do about it.
         message: String,
         /// The status as received.
-        #[source]
-        status: tonic::Status,
+        status: Status,
     },
 
     /// No connection to Cloud Tasks could be made (refused, DNS, TLS handshake, connect
     /// timeout). The request never left this process, so no task was created.
-    #[error(
-        "cannot connect to Cloud Tasks at {endpoint}: {detail}; nothing was sent, so no task was \
-         created. Check the endpoint, the network, or that the emulator is running"
-    )]
     Connect {
         /// The endpoint that could not be reached.
         endpoint: String,
         /// What the connection attempt reported.
         detail: String,
-        /// The status tonic reported, whose source chain holds the connection error.
-        #[source]
-        status: tonic::Status,
+        /// The status the transport reported; its source chain holds the connection error.
+        status: Status,
     },
 
     /// Cloud Tasks did not process the request: the server refused it (HTTP/2 REFUSED_STREAM)
     /// or was retiring the connection (GOAWAY), or the connection closed before the request was
     /// sent. No task was created; sending it again is safe, and the client already did so
     /// within its deadline and retry policy.
-    #[error(
-        "Cloud Tasks at {endpoint} did not take the request: {detail}; nothing was processed, so \
-         no task was created and sending it again is safe"
-    )]
     NotProcessed {
         /// The endpoint the request went to.
         endpoint: String,
         /// What the connection reported.
         detail: String,
-        /// The status the transport reported, whose source chain holds the HTTP/2 error.
-        #[source]
-        status: tonic::Status,
+        /// The status the transport reported; its source chain holds the HTTP/2 error.
+        status: Status,
     },
 
     /// The attempt did not complete within its deadline. If the request had been sent, it may
     /// have reached Cloud Tasks, and the task may or may not exist.
-    #[error("{}", timeout_message(*after, *request_sent))]
     Timeout {
         /// The deadline that expired.
         after: Duration,
@@ -82,35 +70,103 @@ pub enum Error {
     },
 
     /// Google credentials could not be loaded or could not produce an access token.
-    #[error(
-        "cannot get Google credentials: {source}. Run `gcloud auth application-default login` \
-         locally, set GOOGLE_APPLICATION_CREDENTIALS to a key file, or run on Google Cloud with an \
-         attached service account"
-    )]
     Auth {
         /// The credentials error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
 
     /// The endpoint could not be configured (bad URI or TLS setup). Nothing was sent.
-    #[error("cannot set up the connection to {endpoint}: {source}")]
     Transport {
         /// The endpoint that was being configured.
         endpoint: String,
         /// The transport error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Arc<dyn std::error::Error + Send + Sync>,
     },
 }
 
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Config(error) => fmt::Display::fmt(error, f),
+            Self::InvalidTask(message) => write!(f, "invalid task: {message}"),
+            Self::Rpc { message, .. } => f.write_str(message),
+            Self::Connect {
+                endpoint, detail, ..
+            } => write!(
+                f,
+                "cannot connect to Cloud Tasks at {endpoint}: {detail}; nothing was sent, so no \
+                 task was created. Check the endpoint, the network, or that the emulator is \
+                 running"
+            ),
+            Self::NotProcessed {
+                endpoint, detail, ..
+            } => write!(
+                f,
+                "Cloud Tasks at {endpoint} did not take the request: {detail}; nothing was \
+                 processed, so no task was created and sending it again is safe"
+            ),
+            Self::Timeout {
+                after,
+                request_sent,
+            } => f.write_str(&timeout_message(*after, *request_sent)),
+            Self::Auth { source } => write!(
+                f,
+                "cannot get Google credentials: {source}. Run `gcloud auth application-default \
+                 login` locally, set GOOGLE_APPLICATION_CREDENTIALS to a key file, or run on \
+                 Google Cloud with an attached service account"
+            ),
+            Self::Transport { endpoint, source } => {
+                write!(f, "cannot set up the connection to {endpoint}: {source}")
+            }
+        }
+    }
+}
+
+/// Written by hand rather than derived: the source of a status is the transport's own status,
+/// not the [`Status`] wrapper, so its cause chain reads as the transport reported it.
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Config(error) => error.source(),
+            Self::Rpc { status, .. }
+            | Self::Connect { status, .. }
+            | Self::NotProcessed { status, .. } => Some(&*status.inner),
+            Self::Auth { source } | Self::Transport { source, .. } => Some(&**source),
+            Self::InvalidTask(_) | Self::Timeout { .. } => None,
+        }
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(error)
+    }
+}
+
 impl Error {
-    /// The gRPC status code Cloud Tasks answered with, if the call got that far.
+    /// The gRPC status code Cloud Tasks (or the transport) answered with, if the call got
+    /// that far.
     pub fn code(&self) -> Option<Code> {
+        self.status().map(Status::code)
+    }
+
+    /// The status message as received, if the call got an answer or a transport failure.
+    pub fn status_message(&self) -> Option<&str> {
+        self.status().map(Status::message)
+    }
+
+    /// The status details as received: an encoded `google.rpc.Status` (the
+    /// `grpc-status-details-bin` trailer), empty if the server sent none. Decode it with
+    /// `prost::Message::decode` into [`crate::proto::google::rpc::Status`].
+    pub fn status_details(&self) -> Option<&[u8]> {
+        self.status().map(Status::details)
+    }
+
+    fn status(&self) -> Option<&Status> {
         match self {
             Self::Rpc { status, .. }
             | Self::Connect { status, .. }
-            | Self::NotProcessed { status, .. } => Some(status.code()),
+            | Self::NotProcessed { status, .. } => Some(status),
             _ => None,
         }
     }
@@ -234,6 +290,7 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
     if let Some(reason) = cause::<NotSent>(&status).map(|not_sent| not_sent.reason) {
         let endpoint = endpoint.to_owned();
         let detail = connect_detail(&status);
+        let status = Status::new(status);
         return match reason {
             NotSentReason::Connect => Error::Connect {
                 endpoint,
@@ -247,6 +304,7 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
             },
         };
     }
+    let status = Status::new(status);
     let detail = status.message();
     let (project_location, queue_id) = queue.rsplit_once("/queues/").unwrap_or((queue, queue));
     let message = match status.code() {
@@ -386,6 +444,139 @@ fn timeout_message(after: Duration, request_sent: bool) -> String {
     }
 }
 
+/// A gRPC status code: the `google.rpc.Code` values.
+///
+/// Converts from and to the `i32` on the wire; a value this crate does not know becomes
+/// [`Code::Unknown`]. `Display` gives the canonical name (`NOT_FOUND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[allow(missing_docs)] // The variants are gRPC's, documented in google/rpc/code.proto.
+pub enum Code {
+    Ok = 0,
+    Cancelled = 1,
+    Unknown = 2,
+    InvalidArgument = 3,
+    DeadlineExceeded = 4,
+    NotFound = 5,
+    AlreadyExists = 6,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    FailedPrecondition = 9,
+    Aborted = 10,
+    OutOfRange = 11,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    DataLoss = 15,
+    Unauthenticated = 16,
+}
+
+impl Code {
+    const ALL: [Self; 17] = [
+        Self::Ok,
+        Self::Cancelled,
+        Self::Unknown,
+        Self::InvalidArgument,
+        Self::DeadlineExceeded,
+        Self::NotFound,
+        Self::AlreadyExists,
+        Self::PermissionDenied,
+        Self::ResourceExhausted,
+        Self::FailedPrecondition,
+        Self::Aborted,
+        Self::OutOfRange,
+        Self::Unimplemented,
+        Self::Internal,
+        Self::Unavailable,
+        Self::DataLoss,
+        Self::Unauthenticated,
+    ];
+
+    /// The canonical name, as in `google/rpc/code.proto`: `NOT_FOUND`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "OK",
+            Self::Cancelled => "CANCELLED",
+            Self::Unknown => "UNKNOWN",
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::DeadlineExceeded => "DEADLINE_EXCEEDED",
+            Self::NotFound => "NOT_FOUND",
+            Self::AlreadyExists => "ALREADY_EXISTS",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Self::FailedPrecondition => "FAILED_PRECONDITION",
+            Self::Aborted => "ABORTED",
+            Self::OutOfRange => "OUT_OF_RANGE",
+            Self::Unimplemented => "UNIMPLEMENTED",
+            Self::Internal => "INTERNAL",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::DataLoss => "DATA_LOSS",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
+}
+
+impl From<i32> for Code {
+    fn from(value: i32) -> Self {
+        usize::try_from(value)
+            .ok()
+            .and_then(|index| Self::ALL.get(index).copied())
+            .unwrap_or(Self::Unknown)
+    }
+}
+
+impl From<Code> for i32 {
+    fn from(code: Code) -> Self {
+        code as Self
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The gRPC status a call ended with: its [`Code`], message and details.
+///
+/// The transport's own status (with the connection or HTTP/2 error under it) is the
+/// [`source`](std::error::Error::source) of the [`Error`] that holds this.
+#[derive(Clone)]
+pub struct Status {
+    code: Code,
+    inner: Arc<tonic::Status>,
+}
+
+impl Status {
+    pub(crate) fn new(status: tonic::Status) -> Self {
+        Self {
+            code: Code::from(i32::from(status.code())),
+            inner: Arc::new(status),
+        }
+    }
+
+    /// The status code.
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    /// The message the server (or the transport) gave.
+    pub fn message(&self) -> &str {
+        self.inner.message()
+    }
+
+    /// The details: an encoded `google.rpc.Status`, empty if there were none.
+    pub fn details(&self) -> &[u8] {
+        self.inner.details()
+    }
+}
+
+impl fmt::Debug for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.inner, f)
+    }
+}
+
 /// Settings or builder values that cannot make a working client.
 ///
 /// Lists every problem at once, each naming the variable, the bad value and how to fix it.
@@ -429,3 +620,46 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The crate's codes are gRPC's, value for value, so `from_status` reads tonic's right.
+    #[test]
+    fn codes_are_grpcs() {
+        for value in -1..=17 {
+            let code = Code::from(value);
+            let tonic_code = tonic::Code::from_i32(value);
+            assert_eq!(i32::from(code), i32::from(tonic_code), "{value}");
+            assert_eq!(format!("{code:?}"), format!("{tonic_code:?}"), "{value}");
+        }
+        assert_eq!(Code::from(99), Code::Unknown);
+        assert_eq!(Code::NotFound.to_string(), "NOT_FOUND");
+        assert_eq!(Code::Ok.to_string(), "OK");
+    }
+
+    /// The status's message and details are the error's, and the tonic status is its source.
+    #[test]
+    fn the_status_is_reachable_and_the_error_clones() {
+        let call = CallContext {
+            endpoint: "http://127.0.0.1:1",
+            queue: "projects/p/locations/l/queues/q",
+            service_account: "a@p.iam.gserviceaccount.com",
+        };
+        let status = tonic::Status::with_details(
+            tonic::Code::PermissionDenied,
+            "denied",
+            bytes::Bytes::from_static(b"details"),
+        );
+        let error = from_status(status, call).clone();
+        assert_eq!(error.code(), Some(Code::PermissionDenied));
+        assert_eq!(error.status_message(), Some("denied"));
+        assert_eq!(error.status_details(), Some(&b"details"[..]));
+        let source = std::error::Error::source(&error).unwrap();
+        assert_eq!(
+            source.downcast_ref::<tonic::Status>().unwrap().message(),
+            "denied"
+        );
+    }
+}

@@ -11,18 +11,30 @@
 //! let settings = Settings::from_env()?;
 //! if settings.is_cloud_tasks_configured() {
 //!     let client = CloudTasksClient::from_settings(&settings)?;
-//!     let task = client
+//!     let enqueued = client
 //!         .create_document_processing_task(uuid::Uuid::new_v4(), "invoice.pdf")
 //!         .await?;
-//!     println!("enqueued {}", task.name);
+//!     println!("enqueued {}", enqueued.task_name());
 //! }
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! To enqueue many documents at once, [`CloudTasksClient::create_document_processing_tasks`] (or
-//! a streaming [`BatchEnqueuer`]) sends `BatchCreateTasks` calls of up to 100 tasks, several in
-//! flight, and reports each document's [`Outcome`]; `PERFORMANCE.md` has the measurements.
+//! # Enqueuing
+//!
+//! - One task: [`CloudTasksClient::enqueue`] returns `Result<Enqueued, Error>`.
+//! - Many tasks: [`CloudTasksClient::enqueue_all`] returns one `Result<Enqueued, Error>` per
+//!   task, in input order.
+//! - A stream of tasks: [`CloudTasksClient::batch_enqueuer`]; [`BatchEnqueuer::push`] returns
+//!   `(key, Result<Enqueued, Error>)` pairs as calls finish.
+//!
+//! Each takes a [`DocumentTask`] (the Python backend's request, optionally de-duplicated) or
+//! an [`HttpTask`] (any path, method, body, schedule or name). A success is an [`Enqueued`]:
+//! created, with the task, or already enqueued, with its name (a named task that exists). A
+//! failure is an [`Error`], whose [`Error::task_may_exist`] says whether the task may exist
+//! anyway. The bulk paths send `BatchCreateTasks` calls of up to 100 tasks, several in flight;
+//! `PERFORMANCE.md` has the measurements. [`CloudTasksClient::create_document_processing_task`]
+//! is the one shortcut, for the Python backend's call.
 //!
 //! A document enqueued de-duplicated can be looked up, cancelled or run now by its ID
 //! ([`CloudTasksClient::document_task`], [`CloudTasksClient::cancel_document`],
@@ -65,8 +77,7 @@ mod transport;
 mod validate;
 
 pub use batch::{
-    BatchEnqueuer, BatchOptions, DEFAULT_OPERATION_TIMEOUT, EnqueueMode, KeyedOutcome,
-    MAX_BATCH_SIZE, Outcome,
+    BatchEnqueuer, BatchOptions, DEFAULT_OPERATION_TIMEOUT, EnqueueMode, MAX_BATCH_SIZE,
 };
 pub use client::{
     CallOptions, ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
@@ -76,11 +87,11 @@ pub use client::{
 pub use config::{EMULATOR_HOST_VAR, OIDC_ISSUER_VAR, Settings, Target};
 pub use dedupe::document_task_id;
 pub use documents::{ListTasksOptions, MAX_LIST_PAGE_SIZE, TaskPager};
-pub use error::{ConfigError, ConfigProblem, Error};
+pub use error::{Code, ConfigError, ConfigProblem, Error, Status};
 pub use google_cloud_auth::credentials::Credentials;
 pub use payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
 pub use retry::RetryPolicy;
-pub use task::{DEFAULT_DISPATCH_DEADLINE, DocumentTask, HttpTask};
+pub use task::{DEFAULT_DISPATCH_DEADLINE, DocumentTask, HttpTask, NewTask};
 pub use uuid::Uuid;
 
 /// The README's Rust examples, compiled as doc tests so they stay true.

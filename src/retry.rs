@@ -12,9 +12,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::Code;
 
-use crate::error::Error;
+use crate::error::{Code, Error};
 use crate::transport::RequestWritten;
 
 /// Exponential backoff with full jitter, bounded by the call's total deadline.

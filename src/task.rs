@@ -267,7 +267,7 @@ impl DocumentTask {
     }
 
     /// The HTTP task the backend's handler receives.
-    pub(crate) fn to_http_task(&self) -> Result<HttpTask, Error> {
+    fn to_http_task(&self) -> Result<HttpTask, Error> {
         validate::document(self.payload.document_id, &self.payload.filename)
             .map_err(Error::InvalidTask)?;
         let task = HttpTask::post(PROCESS_DOCUMENT_PATH)
@@ -277,6 +277,68 @@ impl DocumentTask {
             Some(task_id) => task.with_task_id(task_id.clone()),
             None => task,
         })
+    }
+}
+
+impl From<ProcessDocumentPayload> for DocumentTask {
+    /// An unnamed task for the payload, as the Python backend sent.
+    fn from(payload: ProcessDocumentPayload) -> Self {
+        Self {
+            payload,
+            task_id: None,
+        }
+    }
+}
+
+/// What [`CloudTasksClient::enqueue`](crate::CloudTasksClient::enqueue), `enqueue_all` and
+/// [`BatchEnqueuer::push`](crate::BatchEnqueuer::push) take: any [`HttpTask`], or a
+/// [`DocumentTask`] for the backend's processing endpoint. Each converts into it, so callers
+/// pass either as is.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum NewTask {
+    /// A request to any path of the backend.
+    Http(HttpTask),
+    /// A document to process, as the Python backend enqueued it.
+    Document(DocumentTask),
+}
+
+impl NewTask {
+    /// The HTTP task to send; `dedupe` names an unnamed document's task after the document.
+    pub(crate) fn into_http_task(self, dedupe: bool) -> Result<HttpTask, Error> {
+        match self {
+            Self::Http(task) => Ok(task),
+            Self::Document(document) if dedupe && document.task_id.is_none() => {
+                document.deduplicated().to_http_task()
+            }
+            Self::Document(document) => document.to_http_task(),
+        }
+    }
+
+    /// The document's ID, for the call's tracing span.
+    pub(crate) fn document_id(&self) -> Option<Uuid> {
+        match self {
+            Self::Http(_) => None,
+            Self::Document(document) => Some(document.document_id()),
+        }
+    }
+}
+
+impl From<HttpTask> for NewTask {
+    fn from(task: HttpTask) -> Self {
+        Self::Http(task)
+    }
+}
+
+impl From<DocumentTask> for NewTask {
+    fn from(document: DocumentTask) -> Self {
+        Self::Document(document)
+    }
+}
+
+impl From<ProcessDocumentPayload> for NewTask {
+    fn from(payload: ProcessDocumentPayload) -> Self {
+        Self::Document(payload.into())
     }
 }
 

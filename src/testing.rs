@@ -16,10 +16,10 @@
 //!     .with_service_account_email("invoker@my-project.iam.gserviceaccount.com")
 //!     .with_emulator_host(server.host())
 //!     .build()?;
-//! let task = client
+//! let enqueued = client
 //!     .create_document_processing_task(uuid::Uuid::new_v4(), "report.pdf")
 //!     .await?;
-//! assert_eq!(server.tasks()[0].name, task.name);
+//! assert_eq!(server.tasks()[0].name, enqueued.task_name());
 //! assert_eq!(server.create_task_calls().len(), 1);
 //! # Ok(())
 //! # }
@@ -30,15 +30,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
+use http::HeaderMap;
 use prost::Message as _;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
+
+use crate::error::Code;
 
 use crate::proto::google::cloud::tasks::v2 as pb;
 use crate::proto::google::longrunning::operations_server::{Operations, OperationsServer};
@@ -51,8 +53,9 @@ use crate::proto::{
 /// One request as the server received it.
 #[derive(Debug, Clone)]
 pub struct Recorded<T> {
-    /// The request's gRPC metadata (headers), including `authorization` if one was sent.
-    pub metadata: MetadataMap,
+    /// The request's gRPC metadata (its HTTP/2 headers, minus the pseudo-headers), including
+    /// `authorization` if one was sent.
+    pub metadata: HeaderMap,
     /// The request message.
     pub message: T,
 }
@@ -310,6 +313,11 @@ impl Drop for MockCloudTasks {
     }
 }
 
+/// The server's answer with the crate's code.
+fn status(code: Code, message: impl Into<String>) -> Status {
+    Status::new(tonic::Code::from_i32(code.into()), message)
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A test that panicked while holding the lock already failed; keep serving the others.
     state
@@ -368,7 +376,7 @@ impl Service {
                 .iter()
                 .find(|(text, _, _)| contains(&http.body, text))
         {
-            return Err(Status::new(*code, message.clone()));
+            return Err(status(*code, message.clone()));
         }
         if task.name.is_empty() {
             state.next_task_id += 1;
@@ -547,16 +555,16 @@ impl CloudTasks for Service {
             let mut state = lock(&self.state);
             if !state.forget_history {
                 state.create_task_calls.push(Recorded {
-                    metadata,
+                    metadata: metadata.into_headers(),
                     message: message.clone(),
                 });
             }
         }
         match self.next_fault().await {
-            Some(Fault::Reject(code, text)) => Err(Status::new(code, text)),
+            Some(Fault::Reject(code, text)) => Err(status(code, text)),
             Some(Fault::FailAfterStore(code, text)) => {
                 self.store(&message)?;
-                Err(Status::new(code, text))
+                Err(status(code, text))
             }
             Some(Fault::Delay(_)) | None => {
                 let task = self.store(&message)?;
@@ -574,16 +582,16 @@ impl CloudTasks for Service {
             let mut state = lock(&self.state);
             if !state.forget_history {
                 state.batch_create_tasks_calls.push(Recorded {
-                    metadata,
+                    metadata: metadata.into_headers(),
                     message: message.clone(),
                 });
             }
         }
         match self.next_fault().await {
-            Some(Fault::Reject(code, text)) => Err(Status::new(code, text)),
+            Some(Fault::Reject(code, text)) => Err(status(code, text)),
             Some(Fault::FailAfterStore(code, text)) => {
                 self.apply_batch(&message)?;
-                Err(Status::new(code, text))
+                Err(status(code, text))
             }
             Some(Fault::Delay(_)) | None => Ok(Response::new(self.apply_batch(&message)?)),
         }
@@ -719,13 +727,13 @@ impl CloudTasks for Service {
 fn record<T: Clone>(
     state: &Mutex<State>,
     calls: impl FnOnce(&mut State) -> &mut Vec<Recorded<T>>,
-    metadata: MetadataMap,
+    metadata: tonic::metadata::MetadataMap,
     message: &T,
 ) {
     let mut state = lock(state);
     if !state.forget_history {
         calls(&mut state).push(Recorded {
-            metadata,
+            metadata: metadata.into_headers(),
             message: message.clone(),
         });
     }
@@ -734,7 +742,7 @@ fn record<T: Clone>(
 /// A `Reject` fault's status: the call fails before it looks at anything.
 fn rejected(fault: Option<&Fault>) -> Result<(), Status> {
     match fault {
-        Some(Fault::Reject(code, text)) => Err(Status::new(*code, text.clone())),
+        Some(Fault::Reject(code, text)) => Err(status(*code, text.clone())),
         _ => Ok(()),
     }
 }
@@ -744,7 +752,7 @@ fn rejected(fault: Option<&Fault>) -> Result<(), Status> {
 fn answer<T>(fault: Option<Fault>, message: T) -> Result<Response<T>, Status> {
     match fault {
         Some(Fault::Reject(code, text) | Fault::FailAfterStore(code, text)) => {
-            Err(Status::new(code, text))
+            Err(status(code, text))
         }
         Some(Fault::Delay(_)) | None => Ok(Response::new(message)),
     }
@@ -764,7 +772,7 @@ impl Operations for OperationsService {
         let mut state = lock(&self.state);
         if !state.forget_history {
             state.get_operation_calls.push(Recorded {
-                metadata,
+                metadata: metadata.into_headers(),
                 message: message.clone(),
             });
         }

@@ -8,10 +8,10 @@ use std::collections::HashSet;
 use cloud_tasks::proto::{MessageType, Task};
 use cloud_tasks::testing::Fault;
 use cloud_tasks::{
-    BatchOptions, EnqueueMode, HttpTask, Outcome, ProcessDocumentPayload, Uuid, document_task_id,
+    BatchOptions, Code, EnqueueMode, Enqueued, Error, HttpTask, ProcessDocumentPayload, Uuid,
+    document_task_id,
 };
 use common::*;
-use tonic::Code;
 
 fn documents(count: usize) -> Vec<ProcessDocumentPayload> {
     (0..count)
@@ -29,10 +29,22 @@ fn body(task: &Task) -> ProcessDocumentPayload {
     }
 }
 
-fn created_name(outcome: &Outcome) -> &str {
+fn created_name(outcome: &Result<Enqueued, Error>) -> &str {
     match outcome {
-        Outcome::Created(task) => &task.name,
+        Ok(Enqueued::Created(task)) => &task.name,
         other => panic!("expected a created task, got {other:?}"),
+    }
+}
+
+fn is_created(outcome: &Result<Enqueued, Error>) -> bool {
+    matches!(outcome, Ok(Enqueued::Created(_)))
+}
+
+/// The task name of an already-enqueued outcome.
+fn already_enqueued(outcome: &Result<Enqueued, Error>) -> Option<&str> {
+    match outcome {
+        Ok(Enqueued::AlreadyExists { task_name }) => Some(task_name),
+        _ => None,
     }
 }
 
@@ -42,7 +54,7 @@ async fn more_than_100_documents_are_split_into_batches_of_at_most_100() {
     let input = documents(250);
 
     let outcomes = client
-        .create_document_processing_tasks(
+        .enqueue_all(
             input.clone(),
             BatchOptions::new().with_concurrency(4).with_dedupe(true),
         )
@@ -100,7 +112,7 @@ async fn more_than_100_documents_are_split_into_batches_of_at_most_100() {
 async fn unnamed_tasks_get_the_servers_names_in_order() {
     let (server, client) = mock_and_client().await;
     let outcomes = client
-        .create_document_processing_tasks(documents(120), BatchOptions::new().with_concurrency(1))
+        .enqueue_all(documents(120), BatchOptions::new().with_concurrency(1))
         .await;
     let stored = server.tasks();
     assert_eq!(stored.len(), 120);
@@ -115,12 +127,12 @@ async fn partial_failures_are_reported_per_document() {
     let mut input = documents(8);
     // Already enqueued earlier: refused as a duplicate name.
     let earlier = client
-        .create_document_processing_tasks(
+        .enqueue_all(
             vec![input[1].clone()],
             BatchOptions::new().with_dedupe(true),
         )
         .await;
-    assert!(earlier[0].is_created());
+    assert!(is_created(&earlier[0]));
     // Refused by the server alone.
     let refused = input[4].document_id.to_string();
     server.fail_tasks_containing(&refused, Code::PermissionDenied, "caller lacks actAs");
@@ -128,15 +140,23 @@ async fn partial_failures_are_reported_per_document() {
     input[6].filename = String::new();
 
     let outcomes = client
-        .create_document_processing_tasks(input.clone(), BatchOptions::new().with_dedupe(true))
+        .enqueue_all(input.clone(), BatchOptions::new().with_dedupe(true))
         .await;
 
     assert_eq!(outcomes.len(), 8);
     for (index, outcome) in outcomes.iter().enumerate() {
         match index {
-            1 => assert!(matches!(outcome, Outcome::AlreadyExists), "{outcome:?}"),
+            1 => assert_eq!(
+                already_enqueued(outcome),
+                Some(
+                    client
+                        .task_name(&document_task_id(input[1].document_id, None))
+                        .as_str()
+                ),
+                "{outcome:?}"
+            ),
             4 => {
-                let error = outcome.error().expect("refused by the server");
+                let error = outcome.as_ref().expect_err("refused by the server");
                 assert!(error.is_permission_denied(), "{error}");
                 assert!(
                     error.to_string().contains("roles/cloudtasks.enqueuer"),
@@ -144,7 +164,7 @@ async fn partial_failures_are_reported_per_document() {
                 );
             }
             6 => {
-                let error = outcome.error().expect("refused locally");
+                let error = outcome.as_ref().expect_err("refused locally");
                 assert!(error.is_config(), "{error}");
                 assert!(error.to_string().contains("file name is empty"), "{error}");
             }
@@ -171,10 +191,10 @@ async fn an_operation_not_done_at_once_is_polled_until_done() {
     let input = documents(130);
 
     let outcomes = client
-        .create_document_processing_tasks(input, BatchOptions::new().with_concurrency(2))
+        .enqueue_all(input, BatchOptions::new().with_concurrency(2))
         .await;
 
-    assert!(outcomes.iter().all(Outcome::is_created), "{outcomes:?}");
+    assert!(outcomes.iter().all(is_created), "{outcomes:?}");
     let polls = server.get_operation_calls();
     assert_eq!(
         polls.len(),
@@ -209,13 +229,13 @@ async fn an_operation_that_outlives_its_timeout_fails_its_tasks_as_maybe_created
     let (server, client) = mock_and_client().await;
     server.set_operation_polls(1000);
     let outcomes = client
-        .create_document_processing_tasks(
+        .enqueue_all(
             documents(3),
             BatchOptions::new().with_operation_timeout(std::time::Duration::from_millis(400)),
         )
         .await;
     for outcome in &outcomes {
-        let error = outcome.error().expect("timed out");
+        let error = outcome.as_ref().expect_err("timed out");
         assert!(error.is_timeout() && error.task_may_exist(), "{error}");
     }
     assert!(!server.get_operation_calls().is_empty());
@@ -228,21 +248,19 @@ async fn a_deduplicated_rerun_creates_only_what_is_missing() {
     let options = BatchOptions::new().with_dedupe(true).with_concurrency(3);
     // The first run was interrupted after 70 documents.
     let first = client
-        .create_document_processing_tasks(input[..70].to_vec(), options.clone())
+        .enqueue_all(input[..70].to_vec(), options.clone())
         .await;
-    assert!(first.iter().all(Outcome::is_created));
+    assert!(first.iter().all(is_created));
 
-    let rerun = client
-        .create_document_processing_tasks(input.clone(), options)
-        .await;
+    let rerun = client.enqueue_all(input.clone(), options).await;
 
     let already = rerun
         .iter()
         .take(70)
-        .filter(|outcome| matches!(outcome, Outcome::AlreadyExists))
+        .filter(|outcome| already_enqueued(outcome).is_some())
         .count();
     assert_eq!(already, 70);
-    assert!(rerun[70..].iter().all(Outcome::is_created), "{rerun:?}");
+    assert!(rerun[70..].iter().all(is_created), "{rerun:?}");
     let stored = server.tasks();
     assert_eq!(stored.len(), 150, "no document enqueued twice");
     let ids: HashSet<Uuid> = stored.iter().map(|task| body(task).document_id).collect();
@@ -255,15 +273,18 @@ async fn a_failed_batch_fails_only_its_own_tasks() {
     server.push_fault(Fault::Reject(Code::InvalidArgument, "bad batch".into()));
 
     let outcomes = client
-        .create_document_processing_tasks(documents(150), BatchOptions::new().with_concurrency(1))
+        .enqueue_all(documents(150), BatchOptions::new().with_concurrency(1))
         .await;
 
-    let failed: Vec<_> = outcomes.iter().filter_map(Outcome::error).collect();
+    let failed: Vec<_> = outcomes
+        .iter()
+        .filter_map(|outcome| outcome.as_ref().err())
+        .collect();
     assert_eq!(failed.len(), 100, "the first batch");
     assert!(failed.iter().all(|error| error.is_invalid_argument()));
     assert!(failed.iter().all(|error| !error.task_may_exist()));
-    assert!(outcomes[..100].iter().all(|outcome| !outcome.is_created()));
-    assert!(outcomes[100..].iter().all(Outcome::is_created));
+    assert!(outcomes[..100].iter().all(|outcome| !is_created(outcome)));
+    assert!(outcomes[100..].iter().all(is_created));
     assert_eq!(server.tasks().len(), 50);
     assert_eq!(
         server.batch_create_tasks_calls().len(),
@@ -282,10 +303,10 @@ async fn an_unavailable_batch_is_retried_with_its_request_id_and_applied_once() 
     ));
 
     let outcomes = client
-        .create_document_processing_tasks(documents(100), BatchOptions::new())
+        .enqueue_all(documents(100), BatchOptions::new())
         .await;
 
-    assert!(outcomes.iter().all(Outcome::is_created), "{outcomes:?}");
+    assert!(outcomes.iter().all(is_created), "{outcomes:?}");
     assert_eq!(server.tasks().len(), 100, "applied once");
     let calls = server.batch_create_tasks_calls();
     assert_eq!(calls.len(), 3);
@@ -307,7 +328,7 @@ async fn per_task_mode_sends_one_create_task_per_document() {
     input[9].document_id = Uuid::nil();
 
     let outcomes = client
-        .create_document_processing_tasks(
+        .enqueue_all(
             input,
             BatchOptions::new()
                 .with_mode(EnqueueMode::PerTask)
@@ -316,9 +337,9 @@ async fn per_task_mode_sends_one_create_task_per_document() {
         .await;
 
     assert_eq!(outcomes.len(), 30);
-    assert!(outcomes[7].error().unwrap().is_invalid_argument());
-    assert!(outcomes[9].error().unwrap().is_config());
-    assert_eq!(outcomes.iter().filter(|o| o.is_created()).count(), 28);
+    assert!(outcomes[7].as_ref().err().unwrap().is_invalid_argument());
+    assert!(outcomes[9].as_ref().err().unwrap().is_config());
+    assert_eq!(outcomes.iter().filter(|o| is_created(o)).count(), 28);
     assert_eq!(server.create_task_calls().len(), 29);
     assert!(server.batch_create_tasks_calls().is_empty());
 }
@@ -332,12 +353,13 @@ async fn general_http_tasks_are_validated_one_by_one() {
         HttpTask::post("/api/reindex").with_task_id("reindex-1"),
     ];
 
-    let outcomes = client.create_http_tasks(tasks, BatchOptions::new()).await;
+    let outcomes = client.enqueue_all(tasks, BatchOptions::new()).await;
 
     assert_eq!(created_name(&outcomes[0]), client.task_name("reindex-1"));
-    assert!(outcomes[1].error().unwrap().is_config());
-    assert!(
-        matches!(outcomes[2], Outcome::AlreadyExists),
+    assert!(outcomes[1].as_ref().err().unwrap().is_config());
+    assert_eq!(
+        already_enqueued(&outcomes[2]),
+        Some(client.task_name("reindex-1").as_str()),
         "the same name twice in one batch: {:?}",
         outcomes[2]
     );
@@ -355,12 +377,12 @@ async fn the_enqueuer_streams_outcomes_and_bounds_calls_in_flight() {
         client.batch_enqueuer::<usize>(BatchOptions::new().with_batch_size(10).with_concurrency(2));
     let mut seen = Vec::new();
     for (index, document) in documents(45).iter().enumerate() {
-        seen.extend(enqueuer.push_document(index, document).await);
+        seen.extend(enqueuer.push(index, document.clone()).await);
         assert!(enqueuer.in_flight() <= 2);
     }
     assert!(!seen.is_empty(), "outcomes arrive while pushing");
     seen.extend(enqueuer.finish().await);
-    let mut keys: Vec<usize> = seen.iter().map(|enqueued| enqueued.key).collect();
+    let mut keys: Vec<usize> = seen.iter().map(|(key, _)| *key).collect();
     keys.sort_unstable();
     assert_eq!(
         keys,

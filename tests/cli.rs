@@ -5,9 +5,9 @@ mod common;
 use std::path::PathBuf;
 use std::process::Output;
 
+use cloud_tasks::Code;
 use cloud_tasks::testing::{Fault, MockCloudTasks};
 use common::*;
-use tonic::Code;
 
 const DOCUMENT_ID: &str = "9b2f3c1e-8d4a-4e6b-a1c2-3d4e5f6a7b8c";
 

@@ -5,12 +5,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use cloud_tasks::Uuid;
 use cloud_tasks::testing::{Fault, MockCloudTasks};
+use cloud_tasks::{Code, Uuid};
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tonic::Code;
 
 /// A fresh empty directory, so no `.env` from the repository leaks into the run.
 fn temp_dir() -> PathBuf {

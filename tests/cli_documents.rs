@@ -4,10 +4,10 @@ mod common;
 
 use std::process::Output;
 
+use cloud_tasks::Code;
 use cloud_tasks::testing::{Fault, MockCloudTasks};
 use cloud_tasks::{CallOptions, CloudTasksClient, DocumentTask, Uuid};
 use common::*;
-use tonic::Code;
 
 async fn run(server: &MockCloudTasks, args: &[&str]) -> Output {
     let dir = std::env::temp_dir().join(format!("cloud-tasks-cli-docs-{}", Uuid::new_v4()));
@@ -38,7 +38,7 @@ fn stderr(output: &Output) -> String {
 async fn enqueued(client: &CloudTasksClient) -> Uuid {
     let document_id = Uuid::new_v4();
     client
-        .enqueue_document(
+        .enqueue(
             DocumentTask::new(document_id, "a.pdf").deduplicated(),
             &CallOptions::new(),
         )
@@ -139,7 +139,7 @@ async fn a_key_selects_another_task() {
     let (server, client) = mock_and_client().await;
     let document_id = Uuid::new_v4();
     client
-        .enqueue_document(
+        .enqueue(
             DocumentTask::new(document_id, "a.pdf").deduplicated_with_key("v2"),
             &CallOptions::new(),
         )

@@ -8,9 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use cloud_tasks::proto::{AuthorizationHeader, HttpMethod, HttpRequest, MessageType, Task};
 use cloud_tasks::testing::Fault;
-use cloud_tasks::{CloudTasksClient, Error, HttpTask, Uuid};
+use cloud_tasks::{CallOptions, CloudTasksClient, Code, Error, HttpTask, Uuid};
 use common::*;
-use tonic::Code;
 
 fn http_request(task: &Task) -> &HttpRequest {
     match &task.message_type {
@@ -87,8 +86,13 @@ async fn document_task_is_the_python_backends_request_field_for_field() {
     let timeout = metadata.get("grpc-timeout").unwrap().to_str().unwrap();
     assert!(timeout.ends_with(['m', 'u', 'n', 'S']), "{timeout}");
 
-    assert_eq!(created.name, server.tasks()[0].name);
-    assert!(created.name.starts_with(&format!("{QUEUE_PATH}/tasks/")));
+    assert!(created.was_created());
+    assert_eq!(created.task_name(), server.tasks()[0].name);
+    assert!(
+        created
+            .task_name()
+            .starts_with(&format!("{QUEUE_PATH}/tasks/"))
+    );
 }
 
 #[tokio::test]
@@ -96,7 +100,7 @@ async fn general_http_task_carries_method_headers_schedule_and_name() {
     let (server, client) = mock_and_client().await;
     let at = SystemTime::now() + Duration::from_secs(3600);
     let created = client
-        .create_http_task(
+        .enqueue(
             HttpTask::new(HttpMethod::Put, "/api/tasks/reindex?full=1")
                 .with_body(b"raw".to_vec())
                 .with_header("X-Job", "nightly")
@@ -104,11 +108,15 @@ async fn general_http_task_carries_method_headers_schedule_and_name() {
                 .with_dispatch_deadline(Duration::from_secs(15 * 60))
                 .with_schedule_time(at)
                 .with_task_id("reindex-2026-11-29"),
+            &CallOptions::new(),
         )
         .await
         .unwrap();
 
-    assert_eq!(created.name, client.task_name("reindex-2026-11-29"));
+    assert_eq!(
+        created.task().map(|task| task.name.as_str()),
+        Some(client.task_name("reindex-2026-11-29").as_str())
+    );
     let calls = server.create_task_calls();
     let task = calls[0].message.task.as_ref().unwrap();
     assert_eq!(task.name, format!("{QUEUE_PATH}/tasks/reindex-2026-11-29"));
@@ -233,6 +241,8 @@ async fn statuses_map_to_predicates_and_actionable_messages() {
         for mention in case.mentions {
             assert!(message.contains(mention), "{:?}: {message}", case.code);
         }
+        assert_eq!(error.status_message(), Some("server says no"));
+        assert_eq!(error.status_details(), Some(&[][..]));
         let source = error.source().expect("the status is the source");
         let status = source.downcast_ref::<tonic::Status>().unwrap();
         assert_eq!(status.message(), "server says no");
@@ -296,7 +306,7 @@ async fn invalid_tasks_are_rejected_before_anything_is_sent() {
         ),
     ];
     for (task, expected) in cases {
-        let error = client.create_http_task(task).await.unwrap_err();
+        let error = client.enqueue(task, &CallOptions::new()).await.unwrap_err();
         assert!(matches!(error, Error::InvalidTask(_)), "{error:?}");
         assert!(error.is_config());
         assert!(error.to_string().contains(expected), "{error}");

@@ -3,13 +3,13 @@
 
 mod common;
 
+use cloud_tasks::Code;
 use cloud_tasks::testing::{Fault, MockCloudTasks};
 use cloud_tasks::{CallOptions, CloudTasksClient, DocumentTask, ListTasksOptions, Uuid};
 use common::*;
-use tonic::Code;
-use tonic::metadata::MetadataMap;
+use http::HeaderMap;
 
-fn routing(metadata: &MetadataMap) -> &str {
+fn routing(metadata: &HeaderMap) -> &str {
     metadata
         .get("x-goog-request-params")
         .expect("the routing header is sent")
@@ -29,10 +29,7 @@ async fn enqueue(client: &CloudTasksClient, document_id: Uuid, key: Option<&str>
         Some(key) => document.deduplicated_with_key(key),
         None => document.deduplicated(),
     };
-    let enqueued = client
-        .enqueue_document(document, &CallOptions::new())
-        .await
-        .unwrap();
+    let enqueued = client.enqueue(document, &CallOptions::new()).await.unwrap();
     assert!(enqueued.was_created());
 }
 

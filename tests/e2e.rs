@@ -218,7 +218,7 @@ fn right(audience: &str, issuer: &str) -> OidcVerifier {
 async fn an_enqueued_document_is_delivered_and_verified() {
     let mut pipeline = Pipeline::start(Behaviour::Succeed, right).await;
     let sent = document("résumé – Zoë.pdf");
-    let task = pipeline
+    let enqueued = pipeline
         .client
         .create_document_processing_task(sent.document_id, &sent.filename)
         .await
@@ -230,7 +230,10 @@ async fn an_enqueued_document_is_delivered_and_verified() {
     assert_eq!(delivery.token.issuer, pipeline.issuer);
     let context = &delivery.context;
     assert_eq!(context.queue_name, QUEUE);
-    assert_eq!(pipeline.client.task_name(&context.task_name), task.name);
+    assert_eq!(
+        pipeline.client.task_name(&context.task_name),
+        enqueued.task_name()
+    );
     assert_eq!(context.retry_count, 0);
     assert_eq!(context.execution_count, 0);
     assert_eq!(context.previous_response, None);
@@ -388,7 +391,11 @@ async fn a_task_run_again_while_it_is_processed_is_processed_once() {
     // RunTask dispatches the task again although an attempt is in flight: Cloud Tasks' own
     // way of delivering one task twice at the same time.
     let run = reqwest::Client::new()
-        .post(format!("http://{}/v2/{}:run", pipeline.emulator, task.name))
+        .post(format!(
+            "http://{}/v2/{}:run",
+            pipeline.emulator,
+            task.task_name()
+        ))
         .body("{}")
         .send()
         .await

@@ -62,11 +62,15 @@ fn emulator_mode_sends_no_google_credentials() {
                 .map(|(_, value)| (*value).to_owned())
         });
         let client = CloudTasksClient::from_settings(&settings).unwrap();
-        let task = client
+        let enqueued = client
             .create_document_processing_task(Uuid::new_v4(), "local.pdf")
             .await
             .unwrap();
-        assert!(task.name.starts_with(QUEUE_PATH), "{}", task.name);
+        assert!(
+            enqueued.task_name().starts_with(QUEUE_PATH),
+            "{}",
+            enqueued.task_name()
+        );
         assert_eq!(
             tokens.request_count(),
             control_requests,

@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use cloud_tasks::testing::Fault;
 use cloud_tasks::{
-    CallOptions, CloudTasksClient, DocumentTask, Enqueued, Error, HttpTask, RetryPolicy, Uuid,
+    CallOptions, CloudTasksClient, Code, DocumentTask, Enqueued, Error, HttpTask, RetryPolicy, Uuid,
 };
 use common::*;
-use tonic::Code;
 
 fn unavailable() -> Fault {
     Fault::Reject(Code::Unavailable, "backend restarting".to_owned())
@@ -27,7 +26,7 @@ fn deduplicated() -> DocumentTask {
 }
 
 async fn enqueue(client: &CloudTasksClient, document: DocumentTask) -> Result<Enqueued, Error> {
-    client.enqueue_document(document, &CallOptions::new()).await
+    client.enqueue(document, &CallOptions::new()).await
 }
 
 #[tokio::test]
@@ -119,12 +118,34 @@ async fn the_same_document_twice_is_one_task_unless_rekeyed() {
     assert_eq!(server.tasks().len(), 2);
 }
 
+/// ALREADY_EXISTS is an outcome only for a named task, whose name says which task exists; for
+/// an unnamed one (the server picks its name, so it cannot be this call's) it is an error.
 #[tokio::test]
-async fn a_named_task_that_exists_is_an_error_for_create_http_task() {
+async fn already_exists_is_an_outcome_for_named_tasks_and_an_error_for_unnamed_ones() {
     let (server, client) = mock_and_client().await;
     let task = HttpTask::post("/x").with_task_id("once");
-    client.create_http_task(task.clone()).await.unwrap();
-    let error = client.create_http_task(task).await.unwrap_err();
+    let options = CallOptions::new();
+    assert!(
+        client
+            .enqueue(task.clone(), &options)
+            .await
+            .unwrap()
+            .was_created()
+    );
+    let again = client.enqueue(task, &options).await.unwrap();
+    assert_eq!(
+        again,
+        Enqueued::AlreadyExists {
+            task_name: client.task_name("once")
+        }
+    );
+    assert_eq!(server.tasks().len(), 1);
+
+    server.push_fault(Fault::Reject(Code::AlreadyExists, "exists".to_owned()));
+    let error = client
+        .enqueue(HttpTask::post("/x"), &options)
+        .await
+        .unwrap_err();
     assert!(error.is_already_exists());
     assert_eq!(server.tasks().len(), 1);
 }
@@ -154,7 +175,7 @@ async fn a_server_slower_than_the_deadline_fails_in_time() {
     server.push_fault(Fault::Delay(Duration::from_secs(3)));
     let started = Instant::now();
     let error = client
-        .enqueue_document(
+        .enqueue(
             DocumentTask::new(Uuid::new_v4(), "a.pdf"),
             &CallOptions::new().with_total_timeout(Duration::from_millis(500)),
         )
@@ -177,7 +198,7 @@ async fn a_deduplicated_retry_after_a_slow_attempt_stores_one_task() {
     // The first attempt's handler stores the task only after the client gave up on it.
     server.push_fault(Fault::Delay(Duration::from_millis(600)));
     let enqueued = client
-        .enqueue_document(
+        .enqueue(
             deduplicated(),
             &CallOptions::new()
                 .with_attempt_timeout(Duration::from_millis(200))
@@ -235,7 +256,7 @@ async fn calls_during_a_server_restart_reconnect_and_store_each_document_once() 
             let document = document.clone();
             tokio::spawn(async move {
                 client
-                    .enqueue_document(
+                    .enqueue(
                         document,
                         &CallOptions::new()
                             .with_retry_policy(RetryPolicy::default().with_max_attempts(100)),

@@ -8,10 +8,9 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use cloud_tasks::Uuid;
 use cloud_tasks::testing::Fault;
+use cloud_tasks::{Code, Uuid};
 use common::*;
-use tonic::Code;
 
 const TOKEN: &str = "ya29.test-access-token-4f9c2a7e";
 

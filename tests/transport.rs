@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use cloud_tasks::proto::{MessageType, Task};
 use cloud_tasks::testing::{Fault, MockCloudTasks};
 use cloud_tasks::{
-    BatchOptions, CallOptions, ClientBuilder, CloudTasksClient, DocumentTask, Error, HttpTask,
-    RetryPolicy, Uuid,
+    BatchOptions, CallOptions, ClientBuilder, CloudTasksClient, DocumentTask, Enqueued, Error,
+    HttpTask, RetryPolicy, Uuid,
 };
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +35,10 @@ async fn messages_larger_than_the_flow_control_windows_arrive_whole() {
     let (server, client) = mock_and_client().await;
     let body: Vec<u8> = (0..LARGE_BODY).map(|i| (i % 251) as u8).collect();
     client
-        .create_http_task(HttpTask::post("/api/tasks/large").with_body(body.clone()))
+        .enqueue(
+            HttpTask::post("/api/tasks/large").with_body(body.clone()),
+            &CallOptions::new(),
+        )
         .await
         .unwrap();
     let calls = server.create_task_calls();
@@ -46,12 +49,12 @@ async fn messages_larger_than_the_flow_control_windows_arrive_whole() {
         body[0] = i;
         HttpTask::post("/api/tasks/large").with_body(body)
     });
-    let outcomes = client
-        .create_http_tasks(tasks, BatchOptions::default())
-        .await;
+    let outcomes = client.enqueue_all(tasks, BatchOptions::default()).await;
     assert_eq!(outcomes.len(), 100);
     assert!(
-        outcomes.iter().all(|outcome| outcome.is_created()),
+        outcomes
+            .iter()
+            .all(|outcome| outcome.as_ref().is_ok_and(Enqueued::was_created)),
         "{outcomes:?}"
     );
     let batches = server.batch_create_tasks_calls();
@@ -147,7 +150,7 @@ async fn calls_waiting_on_a_hung_connection_attempt_share_its_failure() {
             let (client, once) = (client.clone(), once.clone());
             tokio::spawn(async move {
                 client
-                    .enqueue_document(DocumentTask::new(Uuid::new_v4(), "a.pdf"), &once)
+                    .enqueue(DocumentTask::new(Uuid::new_v4(), "a.pdf"), &once)
                     .await
             })
         })
@@ -281,10 +284,7 @@ async fn a_deduplicated_enqueue_outlives_a_connection_that_stops_answering() {
         client_on_a_frozen_connection(Duration::from_millis(300), Duration::from_millis(200)).await;
     let document = DocumentTask::new(Uuid::new_v4(), "report.pdf").deduplicated();
     let task_name = client.task_name(document.task_id().unwrap());
-    let enqueued = client
-        .enqueue_document(document, &CallOptions::new())
-        .await
-        .unwrap();
+    let enqueued = client.enqueue(document, &CallOptions::new()).await.unwrap();
     assert!(enqueued.was_created(), "{enqueued:?}");
     assert_eq!(enqueued.task_name(), task_name);
     assert_eq!(proxy.connections(), 2);

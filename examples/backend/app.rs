@@ -209,9 +209,9 @@ async fn upload<P: Processor>(State(app): State<App<P>>, body: Bytes) -> Respons
         .create_document_processing_task(document_id, &upload.filename)
         .await
     {
-        Ok(task) => json(
+        Ok(enqueued) => json(
             StatusCode::ACCEPTED,
-            &serde_json::json!({ "document_id": document_id, "task": task.name }),
+            &serde_json::json!({ "document_id": document_id, "task": enqueued.task_name() }),
         ),
         Err(error) => {
             tracing::error!(%error, "enqueuing failed");

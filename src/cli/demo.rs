@@ -202,7 +202,7 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
         documents.len()
     );
     for document in &documents {
-        let task = tokio::time::timeout_at(
+        let enqueued = tokio::time::timeout_at(
             deadline.into(),
             client.create_document_processing_task(document.document_id, &document.filename),
         )
@@ -217,7 +217,7 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
             "  {}  {:<24} -> task {}",
             document.document_id,
             quoted(&document.filename),
-            short_task(&task.name)
+            short_task(enqueued.task_name())
         );
     }
     println!();

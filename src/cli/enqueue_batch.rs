@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use cloud_tasks::{
-    BatchEnqueuer, BatchOptions, CloudTasksClient, EnqueueMode, Error, KeyedOutcome, Outcome,
+    BatchEnqueuer, BatchOptions, CloudTasksClient, DocumentTask, EnqueueMode, Enqueued, Error,
     ProcessDocumentPayload, Settings,
 };
 use indicatif::{ProgressBar, ProgressStyle};
@@ -183,7 +183,10 @@ impl Run {
                 Ok(document) => {
                     self.in_flight += 1;
                     let done = enqueuer
-                        .push_document((line_number, document.clone()), &document)
+                        .push(
+                            (line_number, document.clone()),
+                            DocumentTask::from(document),
+                        )
                         .await;
                     self.record(done);
                 }
@@ -222,20 +225,16 @@ impl Run {
         }
     }
 
-    fn record(&mut self, done: Vec<KeyedOutcome<(u64, ProcessDocumentPayload)>>) {
+    fn record(&mut self, done: Vec<((u64, ProcessDocumentPayload), Result<Enqueued, Error>)>) {
         if done.is_empty() {
             return;
         }
         self.in_flight -= done.len() as u64;
-        for KeyedOutcome {
-            key: (line, document),
-            outcome,
-        } in done
-        {
+        for ((line, document), outcome) in done {
             match outcome {
-                Outcome::Created(_) => self.counts.created += 1,
-                Outcome::AlreadyExists => self.counts.already += 1,
-                Outcome::Failed(error) => {
+                Ok(Enqueued::Created(_)) => self.counts.created += 1,
+                Ok(_) => self.counts.already += 1,
+                Err(error) => {
                     self.counts.failed += 1;
                     let failed = serde_json::json!({
                         "document_id": document.document_id,

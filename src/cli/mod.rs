@@ -163,7 +163,7 @@ async fn enqueue(args: EnqueueArgs) -> Result<(), Error> {
     if let Some(timeout) = args.timeout {
         options = options.with_total_timeout(timeout);
     }
-    let enqueued = client.enqueue_document(document, &options).await?;
+    let enqueued = client.enqueue(document, &options).await?;
     if let Enqueued::AlreadyExists { task_name } = &enqueued {
         eprintln!(
             "note: document {} was already enqueued as {task_name}; no new task was created",
