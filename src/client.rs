@@ -78,7 +78,7 @@ struct Inner {
     /// Routing and client-identity headers, computed once.
     call_headers: HeaderMap,
     /// The `grpc-timeout` value for `attempt_timeout`, the deadline of almost every attempt,
-    /// formatted once (tonic's formatting costs about as much as the rest of the metadata).
+    /// formatted once.
     attempt_timeout_header: Option<HeaderValue>,
     attempt_timeout: Duration,
     total_timeout: Duration,
@@ -332,10 +332,8 @@ impl CloudTasksClient {
     /// on this side).
     async fn call_metadata(&self, timeout: Duration) -> Result<MetadataMap, Error> {
         let inner = &*self.inner;
-        // Room for these headers, grpc-timeout and the three tonic adds (te, content-type,
-        // user-agent), so that no insert reallocates; credentials' headers (TLS calls to Google)
-        // may grow it once. Not more: a map of 12 or more entries is a large allocation for
-        // malloc, which then consolidates its free lists on every call.
+        // Sized for what every call adds, so no insert reallocates; not larger, since a big map
+        // costs more to allocate than it saves (PERFORMANCE.md).
         let mut headers = HeaderMap::with_capacity(inner.call_headers.len() + 4);
         for (name, value) in &inner.call_headers {
             headers.insert(name, value.clone());
