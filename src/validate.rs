@@ -138,9 +138,11 @@ pub(crate) fn service_url(value: &str) -> Result<String, String> {
     Ok(normalised.to_owned())
 }
 
-fn is_loopback(host: &str) -> bool {
+/// `localhost` or a loopback IP (IPv6 with or without brackets): where plain `http` is allowed.
+pub(crate) fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 pub(crate) fn service_account_email(value: &str) -> Result<(), String> {

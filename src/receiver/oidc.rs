@@ -7,7 +7,6 @@
 //! come from `jwks.rs`.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -421,7 +420,7 @@ fn trusted_url(value: &str, what: &str) -> Result<url::Url, String> {
     }
     match url.scheme() {
         "https" => {}
-        "http" if is_loopback(host) => {}
+        "http" if validate::is_loopback(host) => {}
         "http" => {
             return Err(format!(
                 "{what} {value:?} uses plain http on a non-loopback host; use https (http is \
@@ -434,12 +433,6 @@ fn trusted_url(value: &str, what: &str) -> Result<url::Url, String> {
         return Err(format!("{what} {value:?} has a query or fragment"));
     }
     Ok(url)
-}
-
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[derive(Deserialize)]
