@@ -12,15 +12,8 @@ use common::*;
 async fn run(server: &MockCloudTasks, args: &[&str]) -> Output {
     let dir = std::env::temp_dir().join(format!("cloud-tasks-cli-docs-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"))
+    cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
         .args(args)
-        .env_clear()
-        .env("GCP_PROJECT_ID", PROJECT)
-        .env("GCP_LOCATION", LOCATION)
-        .env("CLOUD_TASKS_QUEUE", QUEUE)
-        .env("CLOUD_RUN_SERVICE_URL", SERVICE_URL)
-        .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
-        .env("CLOUD_TASKS_EMULATOR_HOST", server.host())
         .current_dir(dir)
         .output()
         .await
