@@ -414,11 +414,10 @@ impl Shared {
     /// A connection with room for one more stream, and the slot that holds that room until
     /// the call ends. Waits for room, or for a connection made in the background.
     async fn acquire(self: &Arc<Self>) -> Result<(SendRequest<Bytes>, Slot), BoxError> {
-        let changed = Arc::clone(&self.changed);
         // The attempts finished when this call started waiting on one.
         let mut waited_for: Option<u64> = None;
         loop {
-            let notified = changed.notified();
+            let notified = self.changed.notified();
             let mut notified = std::pin::pin!(notified);
             // Registered before the pool is read, so a change made after the read wakes it.
             notified.as_mut().enable();
@@ -433,8 +432,9 @@ impl Shared {
                     };
                     return Ok((connection.sender.clone(), slot));
                 }
-                // Calls that waited while an attempt failed share its failure, unless other
-                // connections may still make room: the retry policy's backoff then paces them.
+                // A call that waited for a connection attempt that failed gets that failure when
+                // there is no connection to wait on instead; the retry policy's backoff paces
+                // the next attempt.
                 if let (Some(waited_for), Some((failure, _))) = (waited_for, &pool.last_failure)
                     && pool.attempts_finished > waited_for
                     && pool.connections.is_empty()
