@@ -107,6 +107,8 @@ struct State {
     resource_exhausted: usize,
     /// Batch responses list the created tasks in a random order.
     shuffle_created: bool,
+    /// Operations are forgotten once answered, as if they had expired.
+    expire_operations: bool,
 }
 
 /// A token bucket of tasks, as Cloud Tasks' quota refuses calls past a rate: a call of `n`
@@ -311,6 +313,13 @@ impl MockCloudTasks {
     /// rule out: a client must not pair them with its requests by position.
     pub fn shuffle_created_tasks(&self) {
         self.lock().shuffle_created = true;
+    }
+
+    /// Batch operations are forgotten as soon as they are answered, as expired ones are:
+    /// `GetOperation` answers NOT_FOUND (with [`Self::set_operation_polls`], a batch's tasks
+    /// are stored but its outcome cannot be read).
+    pub fn expire_operations(&self) {
+        self.lock().expire_operations = true;
     }
 
     /// Every `GetTask` request received, in order, including rejected ones.
@@ -562,7 +571,9 @@ impl Service {
                 .request_ids
                 .insert(batch.request_id.clone(), name.clone());
         }
-        state.operations.insert(name, entry);
+        if !state.expire_operations {
+            state.operations.insert(name, entry);
+        }
         Ok(current)
     }
 }
