@@ -415,7 +415,7 @@ enum Round {
     Done(Result<Enqueued, Error>),
     /// Refused for quota in the operation's `failed_requests`: not created, so it may be sent
     /// again, in another batch.
-    Exhausted(Task, Error),
+    Exhausted(Box<Task>, Error),
 }
 
 /// # Batch enqueue
@@ -564,7 +564,7 @@ impl CloudTasksClient {
                 match round {
                     Round::Done(outcome) => done.push((key, call.outcome(outcome))),
                     Round::Exhausted(task, _) if Instant::now() < deadline => {
-                        again.push((key, task));
+                        again.push((key, *task));
                     }
                     Round::Exhausted(_, error) => done.push((key, Err(error))),
                 }
@@ -634,12 +634,17 @@ impl CloudTasksClient {
             Ok(operation) => self.wait_operation(operation, deadline, call).await,
             Err(error) => Err(call.deadline_error(error)),
         };
-        let sent_tasks = request.requests.into_iter().map(|r| r.task.unwrap_or_default());
+        let sent_tasks = request
+            .requests
+            .into_iter()
+            .map(|r| r.task.unwrap_or_default());
         let rounds = match operation {
             Ok(operation) => self.batch_outcomes(operation, sent_tasks.collect()),
             Err(error) => {
                 tracing::warn!(queue, %request_id, %error, tasks = count, "BatchCreateTasks failed");
-                sent_tasks.map(|_| Round::Done(Err(error.clone()))).collect()
+                sent_tasks
+                    .map(|_| Round::Done(Err(error.clone())))
+                    .collect()
             }
         };
         tracing::debug!(
@@ -706,7 +711,7 @@ impl CloudTasksClient {
                             task_name: task.name,
                         }))
                     } else if error.code() == Some(Code::ResourceExhausted) {
-                        Round::Exhausted(task, error)
+                        Round::Exhausted(Box::new(task), error)
                     } else {
                         Round::Done(Err(error))
                     };
@@ -749,7 +754,10 @@ impl CreatedTasks {
             if requested.contains(task.name.as_str()) {
                 by_name.insert(task.name.clone(), task);
             } else {
-                by_body.entry(body(&task).to_vec()).or_default().push_back(task);
+                by_body
+                    .entry(body(&task).to_vec())
+                    .or_default()
+                    .push_back(task);
             }
         }
         Self { by_name, by_body }

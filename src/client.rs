@@ -10,6 +10,8 @@ use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 use uuid::Uuid;
 
+#[cfg(doc)]
+use crate::BatchOptions;
 use crate::auth::{self, Auth};
 use crate::config::{Settings, Target};
 use crate::error::{self, CallContext, Error};
@@ -18,8 +20,6 @@ use crate::rate::Pacer;
 use crate::retry::{self, Attempt, Attempted, Idempotency, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask, NewTask};
 use crate::transport::{ConnectionOptions, Http2Channel, Security, SetupError};
-#[cfg(doc)]
-use crate::BatchOptions;
 
 /// Google's global Cloud Tasks endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://cloudtasks.googleapis.com";

@@ -77,9 +77,7 @@ pub mod testing;
 mod transport;
 mod validate;
 
-pub use batch::{
-    BatchEnqueuer, BatchOptions, DEFAULT_BATCH_TIMEOUT, EnqueueMode, MAX_BATCH_SIZE,
-};
+pub use batch::{BatchEnqueuer, BatchOptions, DEFAULT_BATCH_TIMEOUT, EnqueueMode, MAX_BATCH_SIZE};
 pub use client::{
     CallOptions, ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_ENDPOINT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,

@@ -345,7 +345,9 @@ mod tests {
             Some(200.0)
         );
         assert_eq!(
-            RateLimit::ramp_from(500).with_ceiling(100).planned_rate(Duration::ZERO),
+            RateLimit::ramp_from(500)
+                .with_ceiling(100)
+                .planned_rate(Duration::ZERO),
             Some(100.0)
         );
         let pacer = Pacer::new(RateLimit::fixed(200));
@@ -366,7 +368,11 @@ mod tests {
         pacer.exhausted();
         assert_eq!(pacer.current_rate(), Some(275.0));
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(pacer.current_rate(), Some(1000.0), "back at the plan, not above");
+        assert_eq!(
+            pacer.current_rate(),
+            Some(1000.0),
+            "back at the plan, not above"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -302,8 +302,9 @@ async fn an_operation_that_outlives_the_deadline_fails_its_tasks_as_maybe_create
     let outcomes = client
         .enqueue_all(
             documents(3),
-            BatchOptions::new()
-                .with_call_options(CallOptions::new().with_total_timeout(Duration::from_millis(700))),
+            BatchOptions::new().with_call_options(
+                CallOptions::new().with_total_timeout(Duration::from_millis(700)),
+            ),
         )
         .await;
     let took = started.elapsed();
@@ -335,7 +336,11 @@ async fn one_deadline_covers_the_send_its_retries_and_the_polls() {
         )
         .await;
     let took = started.elapsed();
-    assert_eq!(server.batch_create_tasks_calls().len(), 2, "sent, then resent");
+    assert_eq!(
+        server.batch_create_tasks_calls().len(),
+        2,
+        "sent, then resent"
+    );
     assert!(!server.get_operation_calls().is_empty(), "then polled");
     for outcome in &outcomes {
         let error = outcome.as_ref().expect_err("timed out");
@@ -367,9 +372,16 @@ async fn a_lost_operation_is_not_a_missing_queue_and_its_tasks_may_exist() {
     // Named tasks are safe to enqueue again: all already exist.
     server.set_operation_polls(0);
     let again = client
-        .enqueue_all(documents_again(&server), BatchOptions::new().with_dedupe(true))
+        .enqueue_all(
+            documents_again(&server),
+            BatchOptions::new().with_dedupe(true),
+        )
         .await;
-    assert!(again.iter().all(|outcome| already_enqueued(outcome).is_some()));
+    assert!(
+        again
+            .iter()
+            .all(|outcome| already_enqueued(outcome).is_some())
+    );
 }
 
 /// The documents of the tasks the server holds.
@@ -406,7 +418,11 @@ async fn enqueue_against_a_quota(count: usize, quota: u32, dedupe: bool) -> f64 
         "no document failed: {:?}",
         outcomes.iter().find(|outcome| !is_created(outcome))
     );
-    let stored: Vec<Uuid> = server.tasks().iter().map(|task| body(task).document_id).collect();
+    let stored: Vec<Uuid> = server
+        .tasks()
+        .iter()
+        .map(|task| body(task).document_id)
+        .collect();
     assert_eq!(stored.len(), count, "nothing lost or duplicated");
     let stored: HashSet<Uuid> = stored.into_iter().collect();
     assert_eq!(stored, input.iter().map(|d| d.document_id).collect());

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use cloud_tasks::{
-    BatchEnqueuer, BatchOptions, CallOptions, CloudTasksClient, DocumentTask, EnqueueMode, Enqueued, Error, ProcessDocumentPayload, RAMP_START, RateLimit,
-    Settings,
+    BatchEnqueuer, BatchOptions, CallOptions, CloudTasksClient, DocumentTask, EnqueueMode,
+    Enqueued, Error, ProcessDocumentPayload, RAMP_START, RateLimit, Settings,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -77,9 +77,9 @@ impl EnqueueBatchArgs {
     /// The pace in words, for `--dry-run`.
     fn describe_pace(&self) -> String {
         match (self.no_ramp, self.rate) {
-            (false, None) => format!(
-                "Cloud Tasks' ramp (from {RAMP_START} tasks/s, 50% more every 5 minutes)"
-            ),
+            (false, None) => {
+                format!("Cloud Tasks' ramp (from {RAMP_START} tasks/s, 50% more every 5 minutes)")
+            }
             (false, Some(rate)) if rate <= RAMP_START => format!("{rate} tasks/s"),
             (false, Some(rate)) => format!(
                 "Cloud Tasks' ramp (from {RAMP_START} tasks/s, 50% more every 5 minutes, up to \
@@ -320,9 +320,10 @@ impl Run {
             already,
             failed,
         } = self.counts;
-        let limit = self
-            .rate_limit
-            .map_or_else(|| "no limit".to_owned(), |limit| format!("limit {limit:.0}/s"));
+        let limit = self.rate_limit.map_or_else(
+            || "no limit".to_owned(),
+            |limit| format!("limit {limit:.0}/s"),
+        );
         format!(
             "{created} created, {already} already enqueued, {failed} failed, {:.0} tasks/s \
              ({limit})",
