@@ -58,6 +58,10 @@ pub const DEFAULT_BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// quota refusals are expected in a backfill and the batch's deadline bounds them anyway.
 const BULK_MAX_ATTEMPTS: u32 = 20;
 
+/// The largest batch answer accepted: with the FULL view an operation returns its created
+/// tasks with their bodies, up to 100 tasks of up to 100 KB each; tonic's default is 4 MB.
+const MAX_BATCH_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
 /// First and longest wait between two `GetOperation` polls.
 const FIRST_POLL_DELAY: Duration = Duration::from_millis(100);
 const MAX_POLL_DELAY: Duration = Duration::from_secs(5);
@@ -482,7 +486,9 @@ impl CloudTasksClient {
         attempt: Attempt,
     ) -> Result<Operation, Error> {
         let request = self.prepare(request, attempt).await?;
-        let mut stub = self.raw_stub();
+        let mut stub = self
+            .raw_stub()
+            .max_decoding_message_size(MAX_BATCH_RESPONSE_BYTES);
         self.map_response(stub.batch_create_tasks(request).await)
     }
 
@@ -500,7 +506,8 @@ impl CloudTasksClient {
             "x-goog-request-params",
             crate::auth::routing_value("name", name),
         );
-        let mut operations = OperationsClient::new(self.channel());
+        let mut operations = OperationsClient::new(self.channel())
+            .max_decoding_message_size(MAX_BATCH_RESPONSE_BYTES);
         self.map_response(operations.get_operation(request).await)
     }
 
