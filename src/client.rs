@@ -10,10 +10,13 @@ use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 use uuid::Uuid;
 
+#[cfg(doc)]
+use crate::BatchOptions;
 use crate::auth::{self, Auth};
 use crate::config::{Settings, Target};
 use crate::error::{self, CallContext, Error};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
+use crate::rate::Pacer;
 use crate::retry::{self, Attempt, Attempted, Idempotency, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask, NewTask};
 use crate::transport::{ConnectionOptions, Http2Channel, Security, SetupError};
@@ -181,7 +184,9 @@ impl CloudTasksClient {
             None => tracing::Span::none(),
         };
         let task = self.task_proto(task.into_http_task(false)?)?;
-        self.enqueue_validated(task, options).instrument(span).await
+        self.enqueue_validated(task, options, None)
+            .instrument(span)
+            .await
     }
 
     /// Checks `task` against Cloud Tasks' rules and builds the proto `Task` for this client's
@@ -202,11 +207,12 @@ impl CloudTasksClient {
         &self,
         task: Task,
         options: &CallOptions,
+        pacer: Option<&Pacer>,
     ) -> Result<Enqueued, Error> {
         let task_name = (!task.name.is_empty()).then(|| task.name.clone());
-        let Attempted { result, attempts } = self.create_validated(task, options).await;
+        let Attempted { result, attempts } = self.create_validated(task, options, pacer).await;
         match (result, task_name) {
-            (Ok(task), _) => Ok(Enqueued::Created(Box::new(task))),
+            (Ok(task), _) => Ok(Enqueued::created(task)),
             (Err(error), Some(task_name)) if error.is_already_exists() => {
                 tracing::info!(
                     task = %task_name,
@@ -222,11 +228,13 @@ impl CloudTasksClient {
     /// Sends a validated task with `CreateTask` under the retry policy, and logs the outcome.
     ///
     /// A named task is idempotent (Cloud Tasks refuses a second task with its name), so it may
-    /// be retried wherever an unnamed one may not.
+    /// be retried wherever an unnamed one may not. With a `pacer` (bulk enqueue), every resend
+    /// waits for its turn and a RESOURCE_EXHAUSTED answer slows the pacer down.
     pub(crate) async fn create_validated(
         &self,
         task: Task,
         options: &CallOptions,
+        pacer: Option<&Pacer>,
     ) -> Attempted<Task> {
         let target = &self.inner.target;
         let started = Instant::now();
@@ -248,12 +256,29 @@ impl CloudTasksClient {
             .attempt_timeout
             .unwrap_or(self.inner.attempt_timeout);
         let total_timeout = options.total_timeout.unwrap_or(self.inner.total_timeout);
+        let mut sends = 0_u32;
         let outcome = retry::run(
             policy,
             idempotency,
             attempt_timeout,
             total_timeout,
-            |attempt| self.send_create_task(&request, attempt),
+            |attempt| {
+                sends += 1;
+                let resend = sends > 1;
+                let request = &request;
+                async move {
+                    if let (Some(pacer), true) = (pacer, resend) {
+                        pacer.acquire(1).await;
+                    }
+                    let result = self.send_create_task(request, attempt).await;
+                    if let (Some(pacer), Err(error)) = (pacer, &result)
+                        && error.code() == Some(crate::error::Code::ResourceExhausted)
+                    {
+                        pacer.exhausted();
+                    }
+                    result
+                }
+            },
         )
         .await;
         let latency_ms = started.elapsed().as_millis();
@@ -359,6 +384,11 @@ impl CloudTasksClient {
             .map_err(|status| error::from_status(status, self.call_context()))
     }
 
+    /// The client's retry policy, which bulk calls start from.
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry_policy
+    }
+
     /// The generated stub over the shared channel.
     pub(crate) fn raw_stub(&self) -> RawCloudTasksClient<Http2Channel> {
         self.inner.stub.clone()
@@ -400,15 +430,19 @@ enum Transport {
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct CallOptions {
-    attempt_timeout: Option<Duration>,
-    total_timeout: Option<Duration>,
-    retry_policy: Option<RetryPolicy>,
+    pub(crate) attempt_timeout: Option<Duration>,
+    pub(crate) total_timeout: Option<Duration>,
+    pub(crate) retry_policy: Option<RetryPolicy>,
 }
 
 impl CallOptions {
     /// The client's defaults.
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        Self {
+            attempt_timeout: None,
+            total_timeout: None,
+            retry_policy: None,
+        }
     }
 
     /// Deadline of each attempt.
@@ -437,7 +471,14 @@ impl CallOptions {
 #[non_exhaustive]
 pub enum Enqueued {
     /// Cloud Tasks created this task.
-    Created(Box<Task>),
+    Created {
+        /// The task's full name.
+        task_name: String,
+        /// The task as Cloud Tasks returned it: always for a single enqueue; for a bulk
+        /// enqueue only with [`BatchOptions::with_created_tasks`], so that a million outcomes
+        /// do not hold a million task bodies.
+        task: Option<Box<Task>>,
+    },
     /// A task with this name exists or existed within about the last hour: enqueued by an
     /// earlier call, or by an earlier attempt of this call whose answer was lost.
     AlreadyExists {
@@ -447,23 +488,31 @@ pub enum Enqueued {
 }
 
 impl Enqueued {
+    /// Created, with the task as returned.
+    pub(crate) fn created(task: Task) -> Self {
+        Self::Created {
+            task_name: task.name.clone(),
+            task: Some(Box::new(task)),
+        }
+    }
+
     /// The task's full name.
     pub fn task_name(&self) -> &str {
         match self {
-            Self::Created(task) => &task.name,
-            Self::AlreadyExists { task_name } => task_name,
+            Self::Created { task_name, .. } | Self::AlreadyExists { task_name } => task_name,
         }
     }
 
     /// Whether this call created the task.
     pub fn was_created(&self) -> bool {
-        matches!(self, Self::Created(_))
+        matches!(self, Self::Created { .. })
     }
 
-    /// The task as Cloud Tasks created it, if this call created it.
+    /// The task as Cloud Tasks created it, if this call created it and kept it (see
+    /// [`Enqueued::Created`]).
     pub fn task(&self) -> Option<&Task> {
         match self {
-            Self::Created(task) => Some(task),
+            Self::Created { task, .. } => task.as_deref(),
             Self::AlreadyExists { .. } => None,
         }
     }

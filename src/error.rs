@@ -69,6 +69,18 @@ pub enum Error {
         request_sent: bool,
     },
 
+    /// A `BatchCreateTasks` call was accepted (Cloud Tasks started its long-running
+    /// operation), but the operation could not be read to its end: Cloud Tasks no longer knows
+    /// it (NOT_FOUND: operations expire), or reading it failed for good. The batch may have
+    /// created any of its tasks: [`Error::task_may_exist`] is true, and [`Error::code`] is
+    /// the code the read failed with.
+    OperationLost {
+        /// The operation's name.
+        operation: String,
+        /// Why it could not be read.
+        cause: Box<Error>,
+    },
+
     /// Google credentials could not be loaded or could not produce an access token.
     Auth {
         /// The credentials error.
@@ -109,6 +121,20 @@ impl fmt::Display for Error {
                 after,
                 request_sent,
             } => f.write_str(&timeout_message(*after, *request_sent)),
+            Self::OperationLost { operation, cause } if cause.is_not_found() => write!(
+                f,
+                "Cloud Tasks no longer knows operation {operation} of an accepted \
+                 BatchCreateTasks call (operations expire; the operation is unknown or \
+                 expired, not the queue): the batch was accepted, so its tasks may or may not \
+                 exist. Enqueue de-duplicated tasks again (those that exist are reported as \
+                 already enqueued); check the queue before enqueuing unnamed ones again ({})",
+                cause.status_message().unwrap_or_default()
+            ),
+            Self::OperationLost { operation, cause } => write!(
+                f,
+                "operation {operation} of an accepted BatchCreateTasks call could not be read: \
+                 {cause}; the batch was accepted, so its tasks may or may not exist"
+            ),
             Self::Auth { source } => write!(
                 f,
                 "cannot get Google credentials: {source}. Run `gcloud auth application-default \
@@ -132,6 +158,7 @@ impl std::error::Error for Error {
             | Self::Connect { status, .. }
             | Self::NotProcessed { status, .. } => Some(&*status.inner),
             Self::Auth { source } | Self::Transport { source, .. } => Some(&**source),
+            Self::OperationLost { cause, .. } => Some(&**cause),
             Self::InvalidTask(_) | Self::Timeout { .. } => None,
         }
     }
@@ -167,6 +194,7 @@ impl Error {
             Self::Rpc { status, .. }
             | Self::Connect { status, .. }
             | Self::NotProcessed { status, .. } => Some(status),
+            Self::OperationLost { cause, .. } => cause.status(),
             _ => None,
         }
     }
@@ -255,7 +283,7 @@ impl Error {
             Self::Timeout {
                 request_sent: true,
                 ..
-            }
+            } | Self::OperationLost { .. }
         ) || matches!(self, Self::Rpc { .. })
             && matches!(
                 self.code(),

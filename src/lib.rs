@@ -67,6 +67,7 @@ mod documents;
 mod error;
 mod payload;
 pub mod proto;
+mod rate;
 #[cfg(feature = "receiver")]
 pub mod receiver;
 mod retry;
@@ -76,9 +77,7 @@ pub mod testing;
 mod transport;
 mod validate;
 
-pub use batch::{
-    BatchEnqueuer, BatchOptions, DEFAULT_OPERATION_TIMEOUT, EnqueueMode, MAX_BATCH_SIZE,
-};
+pub use batch::{BatchEnqueuer, BatchOptions, DEFAULT_BATCH_TIMEOUT, EnqueueMode, MAX_BATCH_SIZE};
 pub use client::{
     CallOptions, ClientBuilder, CloudTasksClient, DEFAULT_ATTEMPT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_ENDPOINT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
@@ -90,6 +89,7 @@ pub use documents::{ListTasksOptions, MAX_LIST_PAGE_SIZE, TaskPager};
 pub use error::{Code, ConfigError, ConfigProblem, Error, Status};
 pub use google_cloud_auth::credentials::Credentials;
 pub use payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
+pub use rate::{RAMP_INTERVAL, RAMP_START, RateLimit};
 pub use retry::RetryPolicy;
 pub use task::{DEFAULT_DISPATCH_DEADLINE, DocumentTask, HttpTask, NewTask};
 pub use uuid::Uuid;

@@ -101,6 +101,40 @@ struct State {
     delete_task_calls: Vec<Recorded<pb::DeleteTaskRequest>>,
     run_task_calls: Vec<Recorded<pb::RunTaskRequest>>,
     list_tasks_calls: Vec<Recorded<pb::ListTasksRequest>>,
+    /// Task creation quota: calls past it are refused with RESOURCE_EXHAUSTED.
+    quota: Option<Quota>,
+    /// Calls refused by `quota`.
+    resource_exhausted: usize,
+    /// Batch responses list the created tasks in a random order.
+    shuffle_created: bool,
+    /// Operations are forgotten once answered, as if they had expired.
+    expire_operations: bool,
+}
+
+/// A token bucket of tasks, as Cloud Tasks' quota refuses calls past a rate: a call of `n`
+/// tasks takes `n` tokens or is refused whole.
+#[derive(Debug)]
+struct Quota {
+    tasks_per_second: f64,
+    capacity: f64,
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl Quota {
+    fn admit(&mut self, tasks: usize) -> bool {
+        let now = std::time::Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + elapsed * self.tasks_per_second).min(self.capacity);
+        let tasks = tasks as f64;
+        if self.tokens >= tasks {
+            self.tokens -= tasks;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -255,6 +289,39 @@ impl MockCloudTasks {
         self.lock().forget_history = true;
     }
 
+    /// Creates at most `tasks_per_second` tasks a second, as a quota would: a `CreateTask` or
+    /// `BatchCreateTasks` call whose tasks do not fit is refused whole with RESOURCE_EXHAUSTED
+    /// and stores nothing. Up to a quarter second's worth (at least 100 tasks, one full batch)
+    /// may come at once.
+    pub fn set_rate_limit(&self, tasks_per_second: u32) {
+        let tasks_per_second = f64::from(tasks_per_second.max(1));
+        let capacity = (tasks_per_second / 4.0).max(100.0);
+        self.lock().quota = Some(Quota {
+            tasks_per_second,
+            capacity,
+            tokens: capacity,
+            refilled: std::time::Instant::now(),
+        });
+    }
+
+    /// How many calls the rate limit of [`Self::set_rate_limit`] refused.
+    pub fn resource_exhausted_answers(&self) -> usize {
+        self.lock().resource_exhausted
+    }
+
+    /// Batch operations list their created tasks in a random order, which the API does not
+    /// rule out: a client must not pair them with its requests by position.
+    pub fn shuffle_created_tasks(&self) {
+        self.lock().shuffle_created = true;
+    }
+
+    /// Batch operations are forgotten as soon as they are answered, as expired ones are:
+    /// `GetOperation` answers NOT_FOUND (with [`Self::set_operation_polls`], a batch's tasks
+    /// are stored but its outcome cannot be read).
+    pub fn expire_operations(&self) {
+        self.lock().expire_operations = true;
+    }
+
     /// Every `GetTask` request received, in order, including rejected ones.
     pub fn get_task_calls(&self) -> Vec<Recorded<pb::GetTaskRequest>> {
         self.lock().get_task_calls.clone()
@@ -352,6 +419,20 @@ struct Service {
 }
 
 impl Service {
+    /// RESOURCE_EXHAUSTED, storing nothing, if a call of `tasks` tasks exceeds the quota.
+    fn check_quota(&self, tasks: usize) -> Result<(), Status> {
+        let mut state = lock(&self.state);
+        let admitted = state.quota.as_mut().is_none_or(|quota| quota.admit(tasks));
+        if admitted {
+            return Ok(());
+        }
+        state.resource_exhausted += 1;
+        Err(Status::resource_exhausted(
+            "Quota exceeded for quota metric 'Task creation requests' and limit 'Task creation \
+             requests per minute' of service 'cloudtasks.googleapis.com'",
+        ))
+    }
+
     /// Takes the next fault, waiting out any delays first.
     async fn next_fault(&self) -> Option<Fault> {
         loop {
@@ -459,6 +540,9 @@ impl Service {
             failed_requests: failed,
         };
         let mut state = lock(&self.state);
+        if state.shuffle_created {
+            fastrand::shuffle(&mut created);
+        }
         state.next_operation_id += 1;
         let location = batch
             .parent
@@ -487,7 +571,9 @@ impl Service {
                 .request_ids
                 .insert(batch.request_id.clone(), name.clone());
         }
-        state.operations.insert(name, entry);
+        if !state.expire_operations {
+            state.operations.insert(name, entry);
+        }
         Ok(current)
     }
 }
@@ -560,6 +646,7 @@ impl CloudTasks for Service {
                 });
             }
         }
+        self.check_quota(1)?;
         match self.next_fault().await {
             Some(Fault::Reject(code, text)) => Err(status(code, text)),
             Some(Fault::FailAfterStore(code, text)) => {
@@ -587,6 +674,7 @@ impl CloudTasks for Service {
                 });
             }
         }
+        self.check_quota(message.requests.len())?;
         match self.next_fault().await {
             Some(Fault::Reject(code, text)) => Err(status(code, text)),
             Some(Fault::FailAfterStore(code, text)) => {

@@ -3,13 +3,15 @@
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
+use cloud_tasks::proto::google::cloud::tasks::v2::task::View;
 use cloud_tasks::proto::{MessageType, Task};
-use cloud_tasks::testing::Fault;
+use cloud_tasks::testing::{Fault, MockCloudTasks};
 use cloud_tasks::{
-    BatchOptions, Code, EnqueueMode, Enqueued, Error, HttpTask, ProcessDocumentPayload, Uuid,
-    document_task_id,
+    BatchOptions, CallOptions, Code, EnqueueMode, Enqueued, Error, HttpTask,
+    ProcessDocumentPayload, RateLimit, Uuid, document_task_id,
 };
 use common::*;
 
@@ -31,13 +33,13 @@ fn body(task: &Task) -> ProcessDocumentPayload {
 
 fn created_name(outcome: &Result<Enqueued, Error>) -> &str {
     match outcome {
-        Ok(Enqueued::Created(task)) => &task.name,
+        Ok(Enqueued::Created { task_name, .. }) => task_name,
         other => panic!("expected a created task, got {other:?}"),
     }
 }
 
 fn is_created(outcome: &Result<Enqueued, Error>) -> bool {
-    matches!(outcome, Ok(Enqueued::Created(_)))
+    matches!(outcome, Ok(Enqueued::Created { .. }))
 }
 
 /// The task name of an already-enqueued outcome.
@@ -109,16 +111,84 @@ async fn more_than_100_documents_are_split_into_batches_of_at_most_100() {
 }
 
 #[tokio::test]
-async fn unnamed_tasks_get_the_servers_names_in_order() {
+async fn unnamed_tasks_are_paired_by_content_when_the_response_is_shuffled() {
     let (server, client) = mock_and_client().await;
+    server.shuffle_created_tasks();
+    let input = documents(250);
+
     let outcomes = client
-        .enqueue_all(documents(120), BatchOptions::new().with_concurrency(1))
+        .enqueue_all(input.clone(), BatchOptions::new().with_concurrency(3))
         .await;
-    let stored = server.tasks();
-    assert_eq!(stored.len(), 120);
-    let names: Vec<&str> = outcomes.iter().map(created_name).collect();
-    let stored_names: Vec<&str> = stored.iter().map(|task| task.name.as_str()).collect();
-    assert_eq!(names, stored_names, "concurrency 1 keeps creation order");
+
+    // The stored task of each name says which document it carries.
+    let by_name: HashMap<String, Uuid> = server
+        .tasks()
+        .iter()
+        .map(|task| (task.name.clone(), body(task).document_id))
+        .collect();
+    assert_eq!(by_name.len(), 250);
+    for (document, outcome) in input.iter().zip(&outcomes) {
+        assert_eq!(
+            by_name[created_name(outcome)],
+            document.document_id,
+            "each outcome names its own document's task"
+        );
+        assert!(
+            outcome.as_ref().unwrap().task().is_none(),
+            "outcomes hold names, not tasks, unless asked"
+        );
+    }
+    // The server was asked for bodies (to pair by them) only for unnamed tasks.
+    let views: HashSet<i32> = server
+        .batch_create_tasks_calls()
+        .iter()
+        .flat_map(|call| call.message.requests.iter().map(|r| r.response_view))
+        .collect();
+    assert_eq!(views, HashSet::from([View::Full as i32]));
+}
+
+#[tokio::test]
+async fn created_tasks_are_returned_when_asked_as_the_default_view_shows_them() {
+    let (server, client) = mock_and_client().await;
+    server.shuffle_created_tasks();
+    let input = documents(30);
+    let outcomes = client
+        .enqueue_all(input.clone(), BatchOptions::new().with_created_tasks(true))
+        .await;
+    for outcome in &outcomes {
+        let task = outcome.as_ref().unwrap().task().expect("kept");
+        assert_eq!(task.name, created_name(outcome));
+        match &task.message_type {
+            Some(MessageType::HttpRequest(http)) => {
+                assert!(http.url.ends_with("/api/tasks/process-document"));
+                assert!(http.body.is_empty(), "the BASIC view has no body");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn unnamed_http_tasks_are_paired_by_body_too() {
+    let (server, client) = mock_and_client().await;
+    server.shuffle_created_tasks();
+    let input = documents(40);
+    let outcomes = client
+        .enqueue_all(
+            input.iter().map(|document| {
+                HttpTask::post("/api/reindex").with_body(serde_json::to_vec(document).unwrap())
+            }),
+            BatchOptions::new(),
+        )
+        .await;
+    let by_name: HashMap<String, Uuid> = server
+        .tasks()
+        .iter()
+        .map(|task| (task.name.clone(), body(task).document_id))
+        .collect();
+    for (document, outcome) in input.iter().zip(&outcomes) {
+        assert_eq!(by_name[created_name(outcome)], document.document_id);
+    }
 }
 
 #[tokio::test]
@@ -225,20 +295,176 @@ async fn an_operation_not_done_at_once_is_polled_until_done() {
 }
 
 #[tokio::test]
-async fn an_operation_that_outlives_its_timeout_fails_its_tasks_as_maybe_created() {
+async fn an_operation_that_outlives_the_deadline_fails_its_tasks_as_maybe_created() {
     let (server, client) = mock_and_client().await;
     server.set_operation_polls(1000);
+    let started = Instant::now();
     let outcomes = client
         .enqueue_all(
             documents(3),
-            BatchOptions::new().with_operation_timeout(std::time::Duration::from_millis(400)),
+            BatchOptions::new().with_call_options(
+                CallOptions::new().with_total_timeout(Duration::from_millis(700)),
+            ),
         )
         .await;
+    let took = started.elapsed();
+    for outcome in &outcomes {
+        let error = outcome.as_ref().expect_err("timed out");
+        assert!(error.is_timeout() && error.task_may_exist(), "{error}");
+        assert!(error.to_string().contains("700ms"), "{error}");
+    }
+    assert!(server.get_operation_calls().len() >= 2);
+    assert!(took < Duration::from_millis(1000), "{took:?}");
+}
+
+#[tokio::test]
+async fn one_deadline_covers_the_send_its_retries_and_the_polls() {
+    let (server, client) = mock_and_client().await;
+    // The first send hangs past its attempt's deadline; the resend is accepted, then the
+    // operation is polled: all of it within the one deadline of the batch.
+    server.push_fault(Fault::Delay(Duration::from_secs(30)));
+    server.set_operation_polls(1000);
+    let started = Instant::now();
+    let outcomes = client
+        .enqueue_all(
+            documents(5),
+            BatchOptions::new().with_call_options(
+                CallOptions::new()
+                    .with_attempt_timeout(Duration::from_millis(300))
+                    .with_total_timeout(Duration::from_millis(1200)),
+            ),
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(
+        server.batch_create_tasks_calls().len(),
+        2,
+        "sent, then resent"
+    );
+    assert!(!server.get_operation_calls().is_empty(), "then polled");
     for outcome in &outcomes {
         let error = outcome.as_ref().expect_err("timed out");
         assert!(error.is_timeout() && error.task_may_exist(), "{error}");
     }
-    assert!(!server.get_operation_calls().is_empty());
+    assert!(
+        took >= Duration::from_millis(1000) && took < Duration::from_millis(1500),
+        "the batch's one deadline, not 300 ms + 1.2 s of polling: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_operation_is_not_a_missing_queue_and_its_tasks_may_exist() {
+    let (server, client) = mock_and_client().await;
+    server.set_operation_polls(2);
+    server.expire_operations();
+    let outcomes = client
+        .enqueue_all(documents(10), BatchOptions::new().with_dedupe(true))
+        .await;
+    for outcome in &outcomes {
+        let error = outcome.as_ref().expect_err("the outcome is unknown");
+        assert!(error.task_may_exist(), "{error}");
+        assert_eq!(error.code(), Some(Code::NotFound));
+        let message = error.to_string();
+        assert!(message.contains("no longer knows operation"), "{message}");
+        assert!(!message.contains("does not exist in"), "{message}");
+    }
+    assert_eq!(server.tasks().len(), 10, "the batch was applied");
+    // Named tasks are safe to enqueue again: all already exist.
+    server.set_operation_polls(0);
+    let again = client
+        .enqueue_all(
+            documents_again(&server),
+            BatchOptions::new().with_dedupe(true),
+        )
+        .await;
+    assert!(
+        again
+            .iter()
+            .all(|outcome| already_enqueued(outcome).is_some())
+    );
+}
+
+/// The documents of the tasks the server holds.
+fn documents_again(server: &MockCloudTasks) -> Vec<ProcessDocumentPayload> {
+    server.tasks().iter().map(body).collect()
+}
+
+/// Enqueues `count` documents against a server that creates at most `quota` tasks a second,
+/// starting at `start` tasks a second, and returns the achieved rate.
+async fn enqueue_against_a_quota(count: usize, quota: u32, dedupe: bool) -> f64 {
+    let (server, client) = mock_and_client().await;
+    server.set_rate_limit(quota);
+    let input = documents(count);
+    let started = Instant::now();
+    let outcomes = client
+        .enqueue_all(
+            input.clone(),
+            BatchOptions::new()
+                .with_dedupe(dedupe)
+                .with_rate_limit(RateLimit::fixed(quota * 4)),
+        )
+        .await;
+    let took = started.elapsed();
+    let rate = count as f64 / took.as_secs_f64();
+    let refused = server.resource_exhausted_answers();
+    println!(
+        "{count} {} tasks, quota {quota}/s: {took:.2?}, {rate:.0} tasks/s, {refused} calls \
+         refused",
+        if dedupe { "named" } else { "unnamed" }
+    );
+    assert!(refused > 0, "the quota was hit");
+    assert!(
+        outcomes.iter().all(is_created),
+        "no document failed: {:?}",
+        outcomes.iter().find(|outcome| !is_created(outcome))
+    );
+    let stored: Vec<Uuid> = server
+        .tasks()
+        .iter()
+        .map(|task| body(task).document_id)
+        .collect();
+    assert_eq!(stored.len(), count, "nothing lost or duplicated");
+    let stored: HashSet<Uuid> = stored.into_iter().collect();
+    assert_eq!(stored, input.iter().map(|d| d.document_id).collect());
+    rate
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_exhausted_slows_unnamed_batches_to_the_quota_without_losing_a_document() {
+    let rate = enqueue_against_a_quota(5000, 1000, false).await;
+    assert!((400.0..=1300.0).contains(&rate), "{rate:.0} tasks/s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_exhausted_slows_named_batches_to_the_quota_without_losing_a_document() {
+    let rate = enqueue_against_a_quota(3000, 1000, true).await;
+    assert!((400.0..=1300.0).contains(&rate), "{rate:.0} tasks/s");
+}
+
+#[tokio::test]
+async fn unnamed_single_calls_refused_for_quota_are_not_sent_again() {
+    let (server, client) = mock_and_client().await;
+    server.set_rate_limit(1);
+    let outcomes = client
+        .enqueue_all(
+            documents(150),
+            BatchOptions::new()
+                .with_mode(EnqueueMode::PerTask)
+                .with_rate_limit(RateLimit::none()),
+        )
+        .await;
+    let refused: Vec<&Error> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(!refused.is_empty());
+    for error in &refused {
+        assert_eq!(error.code(), Some(Code::ResourceExhausted), "{error}");
+        assert!(!error.task_may_exist(), "{error}");
+    }
+    assert_eq!(
+        server.create_task_calls().len(),
+        150,
+        "one call per document: an unnamed CreateTask is not resent"
+    );
+    assert_eq!(server.tasks().len(), 150 - refused.len());
 }
 
 #[tokio::test]

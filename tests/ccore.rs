@@ -307,7 +307,12 @@ async fn enqueue_batch(server: &CCore, input: &Path, args: &[&str]) {
 async fn enqueue_batch_per_task_512_in_flight_while_connections_are_retired() {
     let server = CCore::start(&["--max-streams", "100", "--max-age-ms", "1000"]).await;
     let (input, documents) = input_file(5000);
-    enqueue_batch(&server, &input, &["--per-task", "--concurrency", "512"]).await;
+    enqueue_batch(
+        &server,
+        &input,
+        &["--per-task", "--concurrency", "512", "--no-ramp"],
+    )
+    .await;
     let stored = server.stop().await;
     assert_each_stored_once(&stored, &documents);
     assert_eq!(stored.already_exists, 0, "{stored:?}");
@@ -319,8 +324,9 @@ async fn enqueue_batch_per_task_512_in_flight_while_connections_are_retired() {
 async fn enqueue_batch_deduplicated_batches_while_connections_are_retired() {
     let server = CCore::start(&["--max-streams", "100", "--max-age-ms", "1000"]).await;
     let (input, documents) = input_file(5000);
-    enqueue_batch(&server, &input, &["--dedupe", "--concurrency", "512"]).await;
-    enqueue_batch(&server, &input, &["--dedupe", "--concurrency", "512"]).await;
+    let args = ["--dedupe", "--concurrency", "512", "--no-ramp"];
+    enqueue_batch(&server, &input, &args).await;
+    enqueue_batch(&server, &input, &args).await;
     let stored = server.stop().await;
     assert_each_stored_once(&stored, &documents);
     assert_eq!(stored.already_exists, 5000, "{stored:?}");

@@ -344,3 +344,91 @@ async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_counts_and_estimates_without_settings_or_sending() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let mut lines: Vec<String> = documents(1500)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    lines.push("{not json".to_owned());
+    let input = write_input(&dir, "docs.jsonl", &lines);
+    let dry_run = |args: &[&str]| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"))
+            .env_clear()
+            .current_dir(&dir)
+            .arg("enqueue-batch")
+            .arg("--dry-run")
+            .args(args)
+            .arg(&input)
+            .output()
+    };
+
+    let ramp = dry_run(&[]).await.unwrap();
+    assert_eq!(ramp.status.code(), Some(0), "{}", stderr(&ramp));
+    let text = String::from_utf8(ramp.stdout).unwrap();
+    assert!(
+        text.contains("1500 documents (1 lines are not documents and would be skipped)"),
+        "{text}"
+    );
+    assert!(text.contains("from 500 tasks/s"), "{text}");
+    assert!(text.contains("takes at least 3s"), "{text}");
+    assert!(text.contains("nothing was sent"), "{text}");
+
+    let fixed = dry_run(&["--no-ramp", "--rate", "100"]).await.unwrap();
+    let text = String::from_utf8(fixed.stdout).unwrap();
+    assert!(text.contains("at 100 tasks/s"), "{text}");
+    assert!(text.contains("takes at least 15s"), "{text}");
+
+    let unlimited = dry_run(&["--no-ramp"]).await.unwrap();
+    let text = String::from_utf8(unlimited.stdout).unwrap();
+    assert!(text.contains("depends on the server"), "{text}");
+
+    assert!(server.batch_create_tasks_calls().is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_follows_the_rate_and_the_help_shows_the_backfill_workflow() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(600)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let input = write_input(&dir, "docs.jsonl", &lines);
+    let started = std::time::Instant::now();
+    let output = run(
+        &server,
+        &dir,
+        &[input.to_str().unwrap(), "--no-ramp", "--rate", "400"],
+        None,
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(server.tasks().len(), 600);
+    // 6 batches of 100 at 400 tasks/s: the last one may go 1.25 s after the first.
+    assert!(took >= std::time::Duration::from_millis(1200), "{took:?}");
+
+    let help = tokio::process::Command::new(env!("CARGO_BIN_EXE_cloud-tasks"))
+        .args(["enqueue-batch", "--help"])
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for needle in [
+        "500/50/5",
+        "--dry-run",
+        "--no-ramp",
+        "--rate <N>",
+        "Ctrl-C",
+        "--dedupe docs.jsonl",
+        "cloud-tasks status --document-id",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -4,6 +4,8 @@
 //! most `concurrency` calls in flight, so memory does not grow with the file. Outcomes are
 //! handled as they arrive: failed documents go to stdout as JSON lines (the input format plus
 //! `line` and `error`, so the output can be fed back in), progress and the summary go to stderr.
+//! The pace is the library's [`RateLimit`]: Cloud Tasks' 500/50/5 ramp unless `--no-ramp`,
+//! capped by `--rate`; `--dry-run` prints what the run would take at that pace.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -11,8 +13,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use cloud_tasks::{
-    BatchEnqueuer, BatchOptions, CloudTasksClient, DocumentTask, EnqueueMode, Enqueued, Error,
-    ProcessDocumentPayload, Settings,
+    BatchEnqueuer, BatchOptions, CallOptions, CloudTasksClient, DocumentTask, EnqueueMode,
+    Enqueued, Error, ProcessDocumentPayload, RAMP_START, RateLimit, Settings,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -40,6 +42,53 @@ pub(crate) struct EnqueueBatchArgs {
     /// One CreateTask call per document instead of BatchCreateTasks.
     #[arg(long)]
     per_task: bool,
+    /// Create at most N tasks per second: the ramp stops growing at N (and starts at N if N is
+    /// below 500); with --no-ramp, N is the rate from the start.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    rate: Option<u32>,
+    /// Skip Cloud Tasks' ramp (start at 500 tasks/s, at most 50% more every 5 minutes): run at
+    /// --rate from the start, or without a limit of this command's own if --rate is not given.
+    /// For emulators, tests and queues already serving that traffic. RESOURCE_EXHAUSTED still
+    /// slows the run down.
+    #[arg(long)]
+    no_ramp: bool,
+    /// Read the input, print the number of documents and how long enqueuing them takes at
+    /// the configured pace, and exit without connecting or sending anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// Deadline of each batch (or each document with --per-task): its sending, resends and the
+    /// polls of its operation included, e.g. `60s`, `2m`.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION",
+          default_value = "120s")]
+    timeout: Duration,
+}
+
+impl EnqueueBatchArgs {
+    /// The pace `--rate` and `--no-ramp` ask for.
+    fn rate_limit(&self) -> RateLimit {
+        match (self.no_ramp, self.rate) {
+            (false, None) => RateLimit::ramp_from(RAMP_START),
+            (false, Some(rate)) => RateLimit::ramp_from(RAMP_START).with_ceiling(rate),
+            (true, Some(rate)) => RateLimit::fixed(rate),
+            (true, None) => RateLimit::none(),
+        }
+    }
+
+    /// The pace in words, for `--dry-run`.
+    fn describe_pace(&self) -> String {
+        match (self.no_ramp, self.rate) {
+            (false, None) => {
+                format!("Cloud Tasks' ramp (from {RAMP_START} tasks/s, 50% more every 5 minutes)")
+            }
+            (false, Some(rate)) if rate <= RAMP_START => format!("{rate} tasks/s"),
+            (false, Some(rate)) => format!(
+                "Cloud Tasks' ramp (from {RAMP_START} tasks/s, 50% more every 5 minutes, up to \
+                 {rate} tasks/s)"
+            ),
+            (true, Some(rate)) => format!("{rate} tasks/s"),
+            (true, None) => "no limit of this command's own".to_owned(),
+        }
+    }
 }
 
 /// What happened so far, for the progress line and the summary.
@@ -66,8 +115,12 @@ pub(crate) async fn run(args: EnqueueBatchArgs) -> ExitCode {
 }
 
 async fn enqueue_all(args: EnqueueBatchArgs) -> Result<u8, Error> {
-    let settings = Settings::from_env()?;
-    let client = CloudTasksClient::from_settings(&settings)?;
+    // A dry run needs no settings: it only reads the input.
+    let client = if args.dry_run {
+        None
+    } else {
+        Some(CloudTasksClient::from_settings(&Settings::from_env()?)?)
+    };
     let (input, size): (Box<dyn AsyncRead + Unpin + Send>, Option<u64>) =
         if args.input.as_os_str() == "-" {
             (Box::new(tokio::io::stdin()), None)
@@ -96,22 +149,27 @@ async fn enqueue_all(args: EnqueueBatchArgs) -> Result<u8, Error> {
         },
         usize::from,
     );
+    let input = BufReader::with_capacity(64 * 1024, input);
+    let Some(client) = client else {
+        return Ok(dry_run(input, &args).await);
+    };
     let options = BatchOptions::new()
         .with_mode(mode)
         .with_concurrency(concurrency)
-        .with_dedupe(args.dedupe);
+        .with_dedupe(args.dedupe)
+        .with_rate_limit(args.rate_limit())
+        .with_call_options(CallOptions::new().with_total_timeout(args.timeout));
     let enqueuer = client.batch_enqueuer(options);
     let mut run = Run {
         counts: Counts::default(),
         in_flight: 0,
+        rate_limit: enqueuer.current_rate(),
         line_number: 0,
         started: Instant::now(),
         progress: progress_bar(size),
         stdout: std::io::BufWriter::new(std::io::stdout()),
     };
-    let stop = run
-        .enqueue_lines(BufReader::with_capacity(64 * 1024, input), enqueuer)
-        .await;
+    let stop = run.enqueue_lines(input, enqueuer).await;
     Ok(run.finish(stop, args.dedupe))
 }
 
@@ -130,6 +188,8 @@ struct Run {
     counts: Counts,
     /// Documents handed to the enqueuer whose outcome has not come back yet.
     in_flight: u64,
+    /// The enqueuer's current rate limit in tasks per second, as of the last document.
+    rate_limit: Option<f64>,
     /// The last input line read.
     line_number: u64,
     started: Instant,
@@ -188,6 +248,7 @@ impl Run {
                             DocumentTask::from(document),
                         )
                         .await;
+                    self.rate_limit = enqueuer.current_rate();
                     self.record(done);
                 }
                 Err(error) => {
@@ -232,7 +293,7 @@ impl Run {
         self.in_flight -= done.len() as u64;
         for ((line, document), outcome) in done {
             match outcome {
-                Ok(Enqueued::Created(_)) => self.counts.created += 1,
+                Ok(Enqueued::Created { .. }) => self.counts.created += 1,
                 Ok(_) => self.counts.already += 1,
                 Err(error) => {
                     self.counts.failed += 1;
@@ -259,8 +320,13 @@ impl Run {
             already,
             failed,
         } = self.counts;
+        let limit = self.rate_limit.map_or_else(
+            || "no limit".to_owned(),
+            |limit| format!("limit {limit:.0}/s"),
+        );
         format!(
-            "{created} created, {already} already enqueued, {failed} failed, {:.0} tasks/s",
+            "{created} created, {already} already enqueued, {failed} failed, {:.0} tasks/s \
+             ({limit})",
             rate(self.counts.done(), self.started.elapsed())
         )
     }
@@ -326,6 +392,50 @@ impl Run {
         }
         0
     }
+}
+
+/// `--dry-run`: counts the documents and prints how long they take at the configured pace.
+async fn dry_run(mut input: impl AsyncBufReadExt + Unpin, args: &EnqueueBatchArgs) -> u8 {
+    let mut line = String::new();
+    let (mut documents, mut skipped) = (0_u64, 0_u64);
+    loop {
+        line.clear();
+        match input.read_line(&mut line).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) => {
+                eprintln!("error: cannot read input: {error}");
+                return super::EXIT_USAGE;
+            }
+        }
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        if serde_json::from_str::<ProcessDocumentPayload>(text).is_ok() {
+            documents += 1;
+        } else {
+            skipped += 1;
+        }
+    }
+    let skipped = if skipped == 0 {
+        String::new()
+    } else {
+        format!(" ({skipped} lines are not documents and would be skipped)")
+    };
+    let pace = args.describe_pace();
+    match args.rate_limit().time_to_send(documents) {
+        Some(duration) => println!(
+            "{documents} documents{skipped}; at {pace} enqueuing them takes at least {}; \
+             nothing was sent",
+            humantime::format_duration(Duration::from_secs(duration.as_secs_f64().ceil() as u64))
+        ),
+        None => println!(
+            "{documents} documents{skipped}; with {pace} the duration depends on the server \
+             and --concurrency; nothing was sent"
+        ),
+    }
+    0
 }
 
 fn rate(count: u64, elapsed: Duration) -> f64 {

@@ -38,6 +38,28 @@ enum Command {
     Emulator(emulator::EmulatorArgs),
     /// Enqueue every document of a JSON-lines file (or stdin) with BatchCreateTasks; print
     /// the failed ones as JSON lines on stdout and a summary on stderr.
+    ///
+    /// Pace: Cloud Tasks asks for at most 500 tasks/s to a cold queue, then at most 50% more
+    /// every 5 minutes ("500/50/5"). This command follows that ramp by default, against an
+    /// emulator (CLOUD_TASKS_EMULATOR_HOST) too: add --no-ramp there. --rate N caps the rate.
+    /// RESOURCE_EXHAUSTED halves the rate, which then recovers gradually; tasks refused for
+    /// quota are sent again in batch mode (no duplicates: a batch is resent with its
+    /// request_id, and tasks the batch reports failed were not created).
+    ///
+    /// A backfill, end to end:
+    ///
+    ///   1. cloud-tasks enqueue-batch --dry-run docs.jsonl
+    ///      counts the documents and prints the time the ramp needs; sends nothing
+    ///   2. cloud-tasks enqueue-batch --dedupe docs.jsonl > failed.jsonl
+    ///      the progress line shows the achieved rate and the current limit
+    ///   3. Ctrl-C stops reading and waits for the calls in flight (exit 130); a second
+    ///      Ctrl-C stops at once (their outcome is then unknown)
+    ///   4. cloud-tasks enqueue-batch --dedupe docs.jsonl > failed.jsonl
+    ///      resumes: documents enqueued within about the last hour are reported as already
+    ///      enqueued, only the missing ones are created
+    ///   5. cloud-tasks status --document-id <uuid>
+    ///      one document's task: scheduled, dispatched, or done (absent)
+    #[command(verbatim_doc_comment)]
     EnqueueBatch(enqueue_batch::EnqueueBatchArgs),
     /// Show a de-duplicated document's task: schedule time, dispatches, first and last attempt.
     ///
@@ -170,8 +192,8 @@ async fn enqueue(args: EnqueueArgs) -> Result<(), Error> {
             args.document_id
         );
     }
-    match &enqueued {
-        Enqueued::Created(task) if args.json => println!("{}", output::task_json(task)),
+    match enqueued.task() {
+        Some(task) if args.json => println!("{}", output::task_json(task)),
         _ if args.json => println!(
             "{}",
             serde_json::json!({ "name": enqueued.task_name(), "alreadyEnqueued": true })
