@@ -523,13 +523,15 @@ impl CloudTasksClient {
         let name = operation.name.clone();
         let mut delay = FIRST_POLL_DELAY;
         while !operation.done {
-            if Instant::now() + delay >= deadline {
+            // The last poll comes at the deadline rather than a delay early.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
                 return Err(Error::Timeout {
                     after: call.total,
                     request_sent: true,
                 });
             }
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(delay.min(remaining)).await;
             delay = (delay * 3 / 2).min(MAX_POLL_DELAY);
             // Reading an operation is idempotent.
             operation = match self
