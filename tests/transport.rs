@@ -350,23 +350,181 @@ async fn a_slow_server_keeps_its_connection() {
     );
 }
 
-/// The client opens no stream before the server's SETTINGS arrive (it PINGs and waits for
-/// the answer, which comes after them), then no more than the server's limit: a server that
-/// admits 5 streams sees 5 of 300 calls made at once.
-#[tokio::test]
-async fn streams_wait_for_the_server_settings_and_respect_their_limit() {
-    const HEADERS: u8 = 0x1;
-    const SETTINGS: u8 = 0x4;
-    const PING: u8 = 0x6;
-    const ACK: u8 = 0x1;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = builder()
-        .with_emulator_host(listener.local_addr().unwrap().to_string())
-        .with_max_connections(1)
-        .with_connect_timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let calls: Vec<_> = (0..300)
+/// The server side of one HTTP/2 connection, driven frame by frame by a test: a peer that is
+/// not h2, whose every frame the test chooses.
+struct HandDrivenPeer {
+    frames: tokio::sync::mpsc::UnboundedReceiver<Frame>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    reader: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const DATA: u8 = 0x0;
+const ACK: u8 = 0x1;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut bytes = vec![length[1], length[2], length[3], kind, flags];
+    bytes.extend(stream.to_be_bytes());
+    bytes.extend(payload);
+    bytes
+}
+
+/// An HPACK header block of literal fields, neither indexed nor Huffman-coded.
+fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0);
+        block.push(u8::try_from(name.len()).unwrap());
+        block.extend(name.as_bytes());
+        block.push(u8::try_from(value.len()).unwrap());
+        block.extend(value.as_bytes());
+    }
+    block
+}
+
+impl HandDrivenPeer {
+    async fn accept(listener: &TcpListener) -> Self {
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the client connects within 5 s")
+            .unwrap();
+        let (mut reader, writer) = stream.into_split();
+        let mut preface = [0; 24];
+        reader.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let (sender, frames) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            loop {
+                let mut header = [0; 9];
+                if reader.read_exact(&mut header).await.is_err() {
+                    return;
+                }
+                let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+                let mut payload = vec![0; length as usize];
+                if reader.read_exact(&mut payload).await.is_err() {
+                    return;
+                }
+                let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+                let frame = Frame {
+                    kind: header[3],
+                    flags: header[4],
+                    stream: stream & 0x7fff_ffff,
+                    payload,
+                };
+                if sender.send(frame).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            frames,
+            writer,
+            reader,
+        }
+    }
+
+    /// The frames the client sends within `period`.
+    async fn frames_for(&mut self, period: Duration) -> Vec<Frame> {
+        let until = tokio::time::Instant::now() + period;
+        let mut received = Vec::new();
+        while let Ok(Some(frame)) = tokio::time::timeout_at(until, self.frames.recv()).await {
+            received.push(frame);
+        }
+        received
+    }
+
+    /// The streams of the next `count` requests (their HEADERS frames).
+    async fn requests(&mut self, count: usize) -> Vec<u32> {
+        let mut streams = Vec::new();
+        while streams.len() < count {
+            let frame = tokio::time::timeout(Duration::from_secs(5), self.frames.recv())
+                .await
+                .expect("the client sent its requests")
+                .expect("the connection is open");
+            if frame.kind == HEADERS {
+                streams.push(frame.stream);
+            }
+        }
+        streams
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+
+    /// Answers the client's PING (`ping`, its payload) after this side's SETTINGS, with
+    /// MAX_CONCURRENT_STREAMS if given, and the ACK of the client's SETTINGS.
+    async fn settle(&mut self, ping: &[u8], max_streams: Option<u32>) {
+        let settings = match max_streams {
+            Some(max) => [&[0, 3][..], &max.to_be_bytes()].concat(),
+            None => Vec::new(),
+        };
+        let mut bytes = frame(SETTINGS, 0, 0, &settings);
+        bytes.extend(frame(SETTINGS, ACK, 0, &[]));
+        bytes.extend(frame(PING, ACK, 0, ping));
+        self.send(&bytes).await;
+    }
+
+    /// Waits for the client's PING and settles the connection without a stream limit.
+    async fn settle_when_pinged(&mut self) {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(5), self.frames.recv())
+                .await
+                .expect("the client PINGs")
+                .expect("the connection is open");
+            if frame.kind == PING && frame.flags == 0 {
+                return self.settle(&frame.payload, None).await;
+            }
+        }
+    }
+
+    /// A gRPC answer on `stream`: the task `name` and status OK.
+    async fn answer(&mut self, stream: u32, name: &str) {
+        use prost::Message;
+
+        let message = Task {
+            name: name.to_owned(),
+            ..Task::default()
+        }
+        .encode_to_vec();
+        let mut grpc = vec![0];
+        grpc.extend(u32::try_from(message.len()).unwrap().to_be_bytes());
+        grpc.extend(message);
+        let headers = header_block(&[(":status", "200"), ("content-type", "application/grpc")]);
+        let mut bytes = frame(HEADERS, END_HEADERS, stream, &headers);
+        bytes.extend(frame(DATA, 0, stream, &grpc));
+        let trailers = header_block(&[("grpc-status", "0")]);
+        bytes.extend(frame(HEADERS, END_HEADERS | END_STREAM, stream, &trailers));
+        self.send(&bytes).await;
+    }
+}
+
+impl Drop for HandDrivenPeer {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// `count` unnamed calls made at once.
+fn calls_at_once(
+    client: &CloudTasksClient,
+    count: usize,
+) -> Vec<JoinHandle<Result<Enqueued, Error>>> {
+    (0..count)
         .map(|_| {
             let client = client.clone();
             tokio::spawn(async move {
@@ -375,62 +533,33 @@ async fn streams_wait_for_the_server_settings_and_respect_their_limit() {
                     .await
             })
         })
-        .collect();
-    let (stream, _) = listener.accept().await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
-    let mut preface = [0; 24];
-    reader.read_exact(&mut preface).await.unwrap();
-    assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
-    // Every frame the client sends: (type, flags, payload).
-    let (frames_tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
-    let read_frames = tokio::spawn(async move {
-        loop {
-            let mut header = [0; 9];
-            if reader.read_exact(&mut header).await.is_err() {
-                return;
-            }
-            let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
-            let mut payload = vec![0; length];
-            if reader.read_exact(&mut payload).await.is_err() {
-                return;
-            }
-            if frames_tx.send((header[3], header[4], payload)).is_err() {
-                return;
-            }
-        }
-    });
-    async fn frames_for(
-        frames: &mut tokio::sync::mpsc::UnboundedReceiver<(u8, u8, Vec<u8>)>,
-        period: Duration,
-    ) -> Vec<(u8, u8, Vec<u8>)> {
-        let until = tokio::time::Instant::now() + period;
-        let mut received = Vec::new();
-        while let Ok(Some(frame)) = tokio::time::timeout_at(until, frames.recv()).await {
-            received.push(frame);
-        }
-        received
-    }
-    let count = |frames: &[(u8, u8, Vec<u8>)], kind: u8| {
-        frames.iter().filter(|(frame, ..)| *frame == kind).count()
-    };
+        .collect()
+}
 
-    let before = frames_for(&mut frames, Duration::from_millis(500)).await;
+/// The client opens no stream before the server's SETTINGS arrive (it PINGs and waits for
+/// the answer, which comes after them), then no more than the server's limit: a server that
+/// admits 5 streams sees 5 of 300 calls made at once.
+#[tokio::test]
+async fn streams_wait_for_the_server_settings_and_respect_their_limit() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = builder()
+        .with_emulator_host(listener.local_addr().unwrap().to_string())
+        .with_max_connections(1)
+        .with_connect_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let calls = calls_at_once(&client, 300);
+    let mut peer = HandDrivenPeer::accept(&listener).await;
+    let count = |frames: &[Frame], kind: u8| frames.iter().filter(|f| f.kind == kind).count();
+
+    let before = peer.frames_for(Duration::from_millis(500)).await;
     assert_eq!(count(&before, HEADERS), 0, "streams opened before SETTINGS");
-    let Some((_, _, ping)) = before
-        .iter()
-        .find(|(kind, flags, _)| *kind == PING && *flags == 0)
-    else {
+    let Some(ping) = before.iter().find(|f| f.kind == PING && f.flags == 0) else {
         panic!("the client sent no PING: {before:?}");
     };
-    // SETTINGS with MAX_CONCURRENT_STREAMS (0x3) = 5, the ACK of the client's SETTINGS, and
-    // the answer to its PING.
-    let mut answer = vec![0, 0, 6, SETTINGS, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 5];
-    answer.extend([0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0]);
-    answer.extend([0, 0, 8, PING, ACK, 0, 0, 0, 0]);
-    answer.extend(ping);
-    writer.write_all(&answer).await.unwrap();
+    peer.settle(&ping.payload.clone(), Some(5)).await;
 
-    let after = frames_for(&mut frames, Duration::from_millis(500)).await;
+    let after = peer.frames_for(Duration::from_millis(500)).await;
     assert_eq!(
         count(&after, HEADERS),
         5,
@@ -439,7 +568,43 @@ async fn streams_wait_for_the_server_settings_and_respect_their_limit() {
     for call in calls {
         call.abort();
     }
-    read_frames.abort();
+}
+
+/// A GOAWAY whose last-stream-id is below some of the calls in flight: HTTP/2 guarantees the
+/// server did not process those, so they are sent again at once on a new connection, unnamed
+/// as they are, while the call at or below it gets its answer on the old connection. Three
+/// calls, three tasks, no error.
+#[tokio::test]
+async fn streams_above_a_goaway_are_sent_again_on_a_new_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = builder()
+        .with_emulator_host(listener.local_addr().unwrap().to_string())
+        .build()
+        .unwrap();
+    let calls = calls_at_once(&client, 3);
+    let mut old = HandDrivenPeer::accept(&listener).await;
+    old.settle_when_pinged().await;
+    let streams = old.requests(3).await;
+    let processed = *streams.iter().min().unwrap();
+    let mut goaway = processed.to_be_bytes().to_vec();
+    goaway.extend(0_u32.to_be_bytes()); // NO_ERROR
+    old.send(&frame(GOAWAY, 0, 0, &goaway)).await;
+    old.answer(processed, "on-the-old-connection").await;
+
+    let mut new = HandDrivenPeer::accept(&listener).await;
+    new.settle_when_pinged().await;
+    let resent = new.requests(2).await;
+    for (index, stream) in resent.iter().enumerate() {
+        new.answer(*stream, &format!("resent-{index}")).await;
+    }
+
+    let mut names = Vec::new();
+    for call in calls {
+        let enqueued = call.await.unwrap().expect("no call fails");
+        names.push(enqueued.task_name().to_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["on-the-old-connection", "resent-0", "resent-1"]);
 }
 
 /// An attempt whose deadline passes while the connection is still being made sent nothing: it
