@@ -688,3 +688,43 @@ async fn a_tls_server_without_http2_is_a_clear_connect_error() {
     );
     serve.abort();
 }
+
+/// A stream the server resets with REFUSED_STREAM was not processed: the unnamed call is sent
+/// again at once and succeeds; the other call is answered as usual. Two calls, two tasks.
+#[tokio::test]
+async fn a_refused_stream_is_sent_again() {
+    const RST_STREAM: u8 = 0x3;
+    const REFUSED_STREAM: u32 = 0x7;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = builder()
+        .with_emulator_host(listener.local_addr().unwrap().to_string())
+        .build()
+        .unwrap();
+    let calls = calls_at_once(&client, 2);
+    let mut peer = HandDrivenPeer::accept(&listener).await;
+    peer.settle_when_pinged().await;
+    let streams = peer.requests(2).await;
+    peer.send(&frame(
+        RST_STREAM,
+        0,
+        streams[0],
+        &REFUSED_STREAM.to_be_bytes(),
+    ))
+    .await;
+    peer.answer(streams[1], "answered").await;
+    let resent = peer.requests(1).await;
+    peer.answer(resent[0], "resent").await;
+
+    let mut names = Vec::new();
+    for call in calls {
+        names.push(
+            call.await
+                .unwrap()
+                .expect("no call fails")
+                .task_name()
+                .to_owned(),
+        );
+    }
+    names.sort();
+    assert_eq!(names, ["answered", "resent"]);
+}
