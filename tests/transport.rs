@@ -536,6 +536,26 @@ fn calls_at_once(
         .collect()
 }
 
+/// `count` unnamed calls made at once by a client of a [`HandDrivenPeer`] whose connection is
+/// settled (SETTINGS sent, PING answered); the listener, for a next connection.
+async fn calls_to_a_hand_driven_peer(
+    count: usize,
+) -> (
+    TcpListener,
+    Vec<JoinHandle<Result<Enqueued, Error>>>,
+    HandDrivenPeer,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = builder()
+        .with_emulator_host(listener.local_addr().unwrap().to_string())
+        .build()
+        .unwrap();
+    let calls = calls_at_once(&client, count);
+    let mut peer = HandDrivenPeer::accept(&listener).await;
+    peer.settle_when_pinged().await;
+    (listener, calls, peer)
+}
+
 /// The client opens no stream before the server's SETTINGS arrive (it PINGs and waits for
 /// the answer, which comes after them), then no more than the server's limit: a server that
 /// admits 5 streams sees 5 of 300 calls made at once.
@@ -576,14 +596,7 @@ async fn streams_wait_for_the_server_settings_and_respect_their_limit() {
 /// calls, three tasks, no error.
 #[tokio::test]
 async fn streams_above_a_goaway_are_sent_again_on_a_new_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = builder()
-        .with_emulator_host(listener.local_addr().unwrap().to_string())
-        .build()
-        .unwrap();
-    let calls = calls_at_once(&client, 3);
-    let mut old = HandDrivenPeer::accept(&listener).await;
-    old.settle_when_pinged().await;
+    let (listener, calls, mut old) = calls_to_a_hand_driven_peer(3).await;
     let streams = old.requests(3).await;
     let processed = *streams.iter().min().unwrap();
     let mut goaway = processed.to_be_bytes().to_vec();
@@ -695,14 +708,7 @@ async fn a_tls_server_without_http2_is_a_clear_connect_error() {
 async fn a_refused_stream_is_sent_again() {
     const RST_STREAM: u8 = 0x3;
     const REFUSED_STREAM: u32 = 0x7;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let client = builder()
-        .with_emulator_host(listener.local_addr().unwrap().to_string())
-        .build()
-        .unwrap();
-    let calls = calls_at_once(&client, 2);
-    let mut peer = HandDrivenPeer::accept(&listener).await;
-    peer.settle_when_pinged().await;
+    let (_listener, calls, mut peer) = calls_to_a_hand_driven_peer(2).await;
     let streams = peer.requests(2).await;
     peer.send(&frame(
         RST_STREAM,
