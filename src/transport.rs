@@ -7,8 +7,9 @@
 //! answer (see [`NotSent`]): nothing handed to h2, a stream refused, a stream above a GOAWAY's
 //! last-stream-id are "not sent"; everything else may have been processed.
 //!
-//! The pool follows gRPC's clients: at most the peer's stream limit on each connection (100,
-//! Google's, until the peer's SETTINGS say otherwise), another connection when all are full,
+//! The pool follows gRPC's clients: a new connection takes calls once the server's SETTINGS are
+//! in, then at most the peer's stream limit (100, Google's, if it announces none), another
+//! connection when all are full,
 //! up to a configured number; a connection that received GOAWAY takes no new call while its
 //! calls finish; connections are made by a background task shared by every waiting call, so a
 //! caller's deadline never cancels a handshake that others wait on. Idle connections are
@@ -48,8 +49,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
-/// Streams assumed allowed on a new connection until the peer's SETTINGS arrive: Google's front
-/// ends admit 100, and h2 would otherwise assume no limit.
+/// Streams allowed on a connection whose peer announces no limit: Google's front ends admit
+/// 100, and h2 would otherwise assume no limit.
 const INITIAL_STREAM_LIMIT: usize = 100;
 
 /// After a connection attempt fails while other connections are up, the next attempt waits this
