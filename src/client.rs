@@ -405,11 +405,12 @@ impl CloudTasksClient {
         error::from_status(status, self.call_context())
     }
 
-    fn call_context(&self) -> CallContext<'_> {
+    pub(crate) fn call_context(&self) -> CallContext<'_> {
         CallContext {
             endpoint: &self.inner.endpoint,
             queue: self.inner.target.queue_path(),
             service_account: self.inner.target.service_account_email(),
+            task_call: None,
         }
     }
 }

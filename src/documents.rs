@@ -263,13 +263,12 @@ impl CloudTasksClient {
         call: TaskCall<'_>,
     ) -> Result<T, Error> {
         let context = CallContext {
-            endpoint: self.endpoint(),
-            queue: self.queue_path(),
-            service_account: self.target().service_account_email(),
+            task_call: Some(call),
+            ..self.call_context()
         };
         result
             .map(tonic::Response::into_inner)
-            .map_err(|status| error::from_task_status(status, context, call))
+            .map_err(|status| error::from_status(status, context))
     }
 }
 

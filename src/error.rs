@@ -304,6 +304,9 @@ pub(crate) struct CallContext<'a> {
     pub(crate) endpoint: &'a str,
     pub(crate) queue: &'a str,
     pub(crate) service_account: &'a str,
+    /// A call on tasks other than creating them: NOT_FOUND then means the task is absent, and
+    /// PERMISSION_DENIED names that call's permission rather than the enqueuer's.
+    pub(crate) task_call: Option<TaskCall<'a>>,
 }
 
 /// Turns a status from Cloud Tasks into an [`Error`] whose message says what to do.
@@ -314,6 +317,7 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
         endpoint,
         queue,
         service_account,
+        task_call,
     } = call;
     if let Some(reason) = cause::<NotSent>(&status).map(|not_sent| not_sent.reason) {
         let endpoint = endpoint.to_owned();
@@ -336,16 +340,33 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
     let detail = status.message();
     let (project_location, queue_id) = queue.rsplit_once("/queues/").unwrap_or((queue, queue));
     let message = match status.code() {
-        Code::NotFound => format!(
-            "queue {queue_id:?} does not exist in {project_location}: create it \
-             (`gcloud tasks queues create {queue_id}`) or fix CLOUD_TASKS_QUEUE / GCP_LOCATION \
-             / GCP_PROJECT_ID ({detail})"
-        ),
-        Code::PermissionDenied => format!(
-            "permission denied: the caller needs roles/cloudtasks.enqueuer on {queue} and \
-             roles/iam.serviceAccountUser (iam.serviceAccounts.actAs) on the OIDC service account \
-             {service_account} ({detail})"
-        ),
+        Code::NotFound => match task_call {
+            Some(TaskCall::Get(task) | TaskCall::Delete(task) | TaskCall::Run(task)) => format!(
+                "task {task} does not exist: it was never enqueued (or under another dedupe \
+                 key), or it already finished or was deleted (Cloud Tasks keeps no finished \
+                 task). A missing queue is answered the same way, so if no task is ever found, \
+                 check CLOUD_TASKS_QUEUE / GCP_LOCATION / GCP_PROJECT_ID ({detail})"
+            ),
+            Some(TaskCall::List) | None => format!(
+                "queue {queue_id:?} does not exist in {project_location}: create it \
+                 (`gcloud tasks queues create {queue_id}`) or fix CLOUD_TASKS_QUEUE / \
+                 GCP_LOCATION / GCP_PROJECT_ID ({detail})"
+            ),
+        },
+        Code::PermissionDenied => match task_call {
+            Some(task_call) => {
+                let (permission, role) = task_call.permission();
+                format!(
+                    "permission denied: the caller needs {permission} on {queue} (e.g. {role}) \
+                     ({detail})"
+                )
+            }
+            None => format!(
+                "permission denied: the caller needs roles/cloudtasks.enqueuer on {queue} and \
+                 roles/iam.serviceAccountUser (iam.serviceAccounts.actAs) on the OIDC service \
+                 account {service_account} ({detail})"
+            ),
+        },
         Code::AlreadyExists => format!(
             "a task with this name already exists in {queue}, or existed within about the last \
              hour; the document was already enqueued ({detail})"
@@ -397,42 +418,6 @@ impl TaskCall<'_> {
             Self::List => ("cloudtasks.tasks.list", "roles/cloudtasks.viewer"),
         }
     }
-}
-
-/// [`from_status`] for a call on tasks: NOT_FOUND on a task name means the task is absent (never
-/// created, or already finished or deleted), not that the queue is missing, and
-/// PERMISSION_DENIED names the permission this call needs rather than the enqueuer's.
-pub(crate) fn from_task_status(
-    status: tonic::Status,
-    call: CallContext<'_>,
-    task_call: TaskCall<'_>,
-) -> Error {
-    let detail = status.message().to_owned();
-    let queue = call.queue;
-    let mut error = from_status(status, call);
-    let not_found = error.is_not_found();
-    let permission_denied = error.is_permission_denied();
-    if let Error::Rpc { message, .. } = &mut error {
-        match task_call {
-            TaskCall::Get(task) | TaskCall::Delete(task) | TaskCall::Run(task) if not_found => {
-                *message = format!(
-                    "task {task} does not exist: it was never enqueued (or under another dedupe \
-                     key), or it already finished or was deleted (Cloud Tasks keeps no finished \
-                     task). A missing queue is answered the same way, so if no task is ever \
-                     found, check CLOUD_TASKS_QUEUE / GCP_LOCATION / GCP_PROJECT_ID ({detail})"
-                );
-            }
-            _ if permission_denied => {
-                let (permission, role) = task_call.permission();
-                *message = format!(
-                    "permission denied: the caller needs {permission} on {queue} (e.g. {role}) \
-                     ({detail})"
-                );
-            }
-            _ => {}
-        }
-    }
-    error
 }
 
 /// The innermost cause of a connection failure ("Connection refused", a TLS alert...), which
@@ -674,6 +659,7 @@ mod tests {
             endpoint: "http://127.0.0.1:1",
             queue: "projects/p/locations/l/queues/q",
             service_account: "a@p.iam.gserviceaccount.com",
+            task_call: None,
         };
         let status = tonic::Status::with_details(
             tonic::Code::PermissionDenied,
