@@ -494,18 +494,15 @@ impl CloudTasksClient {
 
     /// One `GetOperation` attempt for an operation of this client's queue.
     async fn get_operation_once(&self, name: &str, attempt: Attempt) -> Result<Operation, Error> {
-        let mut request = self
-            .prepare(
+        let request = self
+            .prepare_by_name(
                 GetOperationRequest {
                     name: name.to_owned(),
                 },
+                name,
                 attempt,
             )
             .await?;
-        request.metadata_mut().insert(
-            "x-goog-request-params",
-            crate::auth::routing_value("name", name),
-        );
         let mut operations = OperationsClient::new(self.channel())
             .max_decoding_message_size(MAX_BATCH_RESPONSE_BYTES);
         self.map_response(operations.get_operation(request).await)

@@ -352,6 +352,21 @@ impl CloudTasksClient {
         Ok(tonic::Request::from_parts(metadata, extensions, message))
     }
 
+    /// `message` prepared as by [`CloudTasksClient::prepare`], but routed by `name` (a task's
+    /// or an operation's) instead of the queue, as Google requires for calls on one resource.
+    pub(crate) async fn prepare_by_name<T>(
+        &self,
+        message: T,
+        name: &str,
+        attempt: Attempt,
+    ) -> Result<tonic::Request<T>, Error> {
+        let mut request = self.prepare(message, attempt).await?;
+        request
+            .metadata_mut()
+            .insert("x-goog-request-params", auth::routing_value("name", name));
+        Ok(request)
+    }
+
     /// The routing, client-identity and credential metadata of a call to this client's queue,
     /// and `grpc-timeout`: tells Cloud Tasks how long the caller waits (`retry.rs` enforces it
     /// on this side).

@@ -12,7 +12,6 @@
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::auth::routing_value;
 use crate::client::{CallOptions, CloudTasksClient};
 use crate::dedupe::document_task_id;
 use crate::error::{self, CallContext, Error, TaskCall};
@@ -21,13 +20,10 @@ use crate::proto::google::cloud::tasks::v2::{
     DeleteTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, RunTaskRequest,
     task::View,
 };
-use crate::retry::{Attempt, Idempotency};
+use crate::retry::Idempotency;
 
 /// The most tasks Cloud Tasks returns in one `ListTasks` page.
 pub const MAX_LIST_PAGE_SIZE: u32 = 1000;
-
-/// Carries the task name (or queue) a call is about, so Google's front end can route it.
-const ROUTING_HEADER: &str = "x-goog-request-params";
 
 /// # Document operations
 ///
@@ -155,7 +151,7 @@ impl CloudTasksClient {
                     name: name.to_owned(),
                     response_view: View::Basic.into(),
                 };
-                let request = self.prepare_task_call(message, name, attempt).await?;
+                let request = self.prepare_by_name(message, name, attempt).await?;
                 let result = self.raw_stub().get_task(request).await;
                 self.map_task_response(result, TaskCall::Get(name))
             })
@@ -174,7 +170,7 @@ impl CloudTasksClient {
                 let message = DeleteTaskRequest {
                     name: name.to_owned(),
                 };
-                let request = self.prepare_task_call(message, name, attempt).await?;
+                let request = self.prepare_by_name(message, name, attempt).await?;
                 let result = self.raw_stub().delete_task(request).await;
                 self.map_task_response(result, TaskCall::Delete(name))
             })
@@ -198,7 +194,7 @@ impl CloudTasksClient {
                     name: name.to_owned(),
                     response_view: View::Basic.into(),
                 };
-                let request = self.prepare_task_call(message, name, attempt).await?;
+                let request = self.prepare_by_name(message, name, attempt).await?;
                 let result = self.raw_stub().run_task(request).await;
                 self.map_task_response(result, TaskCall::Run(name))
             })
@@ -240,21 +236,6 @@ impl CloudTasksClient {
             tracing::warn!(queue = self.queue_path(), attempts = outcome.attempts, %error, "ListTasks failed");
         }
         outcome.result
-    }
-
-    /// `message` with the call metadata of [`CloudTasksClient::prepare`], routed by the task's
-    /// name instead of the queue, as Google requires for calls on one task.
-    async fn prepare_task_call<T>(
-        &self,
-        message: T,
-        task_name: &str,
-        attempt: Attempt,
-    ) -> Result<tonic::Request<T>, Error> {
-        let mut request = self.prepare(message, attempt).await?;
-        request
-            .metadata_mut()
-            .insert(ROUTING_HEADER, routing_value("name", task_name));
-        Ok(request)
     }
 
     fn map_task_response<T>(
