@@ -12,8 +12,8 @@
 //! scenario) is the client's. Environment: BENCH_TASKS (per-task calls per scenario, default
 //! 10000), BENCH_BATCH_TASKS (tasks per batch scenario, default 40000), BENCH_CLI_DOCS (default
 //! 100000), BENCH_ROUNDS (default 7), BENCH_CONCURRENCY (e.g. `1,16`), BENCH_PYTHON (an
-//! interpreter with google-cloud-tasks 2.26; by default target/pyenv, created with pip on the
-//! first run).
+//! interpreter with google-cloud-tasks 2.26; by default a virtual environment under target/
+//! with what benches/requirements.txt pins, created with pip on the first run).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -28,6 +28,9 @@ use cloud_tasks::{
     BatchOptions, CloudTasksClient, Enqueued, ProcessDocumentPayload, RateLimit, Uuid,
 };
 use tonic::transport::{Channel, Endpoint};
+
+#[path = "../tests/common/python.rs"]
+mod python;
 
 const PROJECT: &str = "bench-project";
 const QUEUE_PATH: &str = "projects/bench-project/locations/us-central1/queues/document-processing";
@@ -819,39 +822,15 @@ struct PythonRun {
     max_rss_kb: u64,
 }
 
-/// Creates a venv with the official client at `venv` (needs PyPI), as PERFORMANCE.md describes.
-fn install_python_client(venv: &Path) -> Result<(), String> {
-    eprintln!("installing google-cloud-tasks 2.26 into {}", venv.display());
-    let run = |program: &Path, args: &[&str]| {
-        let status = Command::new(program)
-            .args(args)
-            .stdout(Stdio::null())
-            .status()
-            .map_err(|error| format!("cannot run {}: {error}", program.display()))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} {} failed: {status}",
-                program.display(),
-                args.join(" ")
-            ))
-        }
-    };
-    let venv_arg = venv.to_str().ok_or("non-UTF-8 target directory")?;
-    run(Path::new("python3"), &["-m", "venv", venv_arg])?;
-    let pip = venv.join("bin/pip");
-    run(&pip, &["install", "--quiet", "google-cloud-tasks==2.26.*"]).inspect_err(|_| {
-        std::fs::remove_dir_all(venv).ok();
-    })
-}
-
 fn python_client(host: &str, tasks: usize, concurrency: usize) -> Result<PythonRun, String> {
-    let python = std::env::var_os("BENCH_PYTHON")
-        .map_or_else(|| target_dir().join("pyenv/bin/python"), PathBuf::from);
-    if !python.exists() && std::env::var_os("BENCH_PYTHON").is_none() {
-        install_python_client(&target_dir().join("pyenv"))?;
-    }
+    let python = match std::env::var_os("BENCH_PYTHON") {
+        Some(python) => PathBuf::from(python),
+        None => python::python_with(
+            &target_dir(),
+            "bench",
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/requirements.txt"),
+        )?,
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/python_client.py");
     let output = Command::new(&python)
         .arg(script)

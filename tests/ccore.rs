@@ -3,7 +3,8 @@
 //! front ends (100 streams per connection, connections retired with GOAWAY). Each test ends
 //! with every document stored exactly once and no call reported as "may exist".
 //!
-//! Needs `python3 -m pip install -r tests/ccore/requirements.txt` (`.ci/run` does it).
+//! Needs only `python3`: the first run makes a virtual environment under the target directory
+//! with the versions `tests/ccore/requirements.txt` pins (see `common::python`).
 
 mod common;
 
@@ -38,7 +39,18 @@ struct Stored {
 
 impl CCore {
     async fn start(args: &[&str]) -> Self {
-        let mut child = Command::new("python3")
+        let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ccore");
+        let python = tokio::task::spawn_blocking(move || {
+            python::python_with(
+                Path::new(env!("CARGO_TARGET_TMPDIR")),
+                "ccore",
+                &here.join("requirements.txt"),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|error| panic!("{error}"));
+        let mut child = Command::new(python)
             .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ccore/server.py"))
             .args(args)
             .stdin(Stdio::piped())
@@ -46,7 +58,7 @@ impl CCore {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("run python3");
+            .expect("run the C-core server's Python");
         let stdin = child.stdin.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = tokio::time::timeout(Duration::from_secs(60), stdout.next_line())
@@ -54,10 +66,7 @@ impl CCore {
             .expect("the C-core server did not start within 60 s")
             .unwrap();
         let Some(port) = first.as_deref().and_then(|line| line.strip_prefix("PORT ")) else {
-            panic!(
-                "the C-core server did not start ({first:?}); install it with `python3 -m pip \
-                 install -r tests/ccore/requirements.txt`"
-            );
+            panic!("the C-core server did not start ({first:?})");
         };
         Self {
             child,
