@@ -33,6 +33,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use tracing::Instrument;
+
 use crate::client::{CallOptions, CloudTasksClient, Enqueued};
 use crate::error::{Code, Error};
 use crate::proto::google::longrunning::operations_client::OperationsClient;
@@ -44,6 +46,7 @@ use crate::proto::{
 use crate::rate::{Pacer, RateLimit};
 use crate::retry::{Attempt, Idempotency, RetryPolicy};
 use crate::task::NewTask;
+use crate::telemetry::{self, Call};
 #[cfg(doc)]
 use crate::{DocumentTask, HttpTask, ProcessDocumentPayload};
 
@@ -314,11 +317,17 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
         key: K,
         task: impl Into<NewTask>,
     ) -> Vec<(K, Result<Enqueued, Error>)> {
-        let proto = task
-            .into()
-            .into_http_task(self.options.dedupe)
-            .and_then(|task| self.client.task_proto(task));
-        self.push_proto(key, proto).await
+        let task = task.into();
+        // Each task carries the context of its own `create` span, which the batch's `send`
+        // span links to.
+        let create = telemetry::create_span(self.client.queue_path(), task.document_id());
+        let proto = create.in_scope(|| {
+            task.into_http_task(self.options.dedupe)
+                .and_then(|task| self.client.task_proto(task))
+        });
+        let done = self.push_proto(key, proto).await;
+        telemetry::task_outcomes(&done);
+        done
     }
 
     /// Sends what is queued and waits for every call in flight; returns the remaining
@@ -331,6 +340,7 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
         while let Some(joined) = self.in_flight.join_next().await {
             done.extend(unwrap_joined(joined));
         }
+        telemetry::task_outcomes(&done);
         done
     }
 
@@ -390,8 +400,17 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
                         call.pacer.acquire(1).await;
                         let options = call.until(Instant::now() + call.total);
                         // The call `enqueue` makes, retries included; its resends are paced.
+                        let send = Call::send(
+                            &telemetry::CREATE_TASK,
+                            client.server(),
+                            client.queue_path(),
+                            None,
+                            None,
+                        );
+                        send.link_tasks(std::slice::from_ref(&task));
                         let outcome = client
-                            .enqueue_validated(task, &options, Some(&call.pacer))
+                            .enqueue_validated(&send, task, &options, Some(&call.pacer))
+                            .instrument(send.span().clone())
                             .await
                             .map_err(|error| call.deadline_error(error));
                         done.push((key, call.outcome(outcome)));
@@ -532,9 +551,13 @@ impl CloudTasksClient {
             delay = (delay * 3 / 2).min(MAX_POLL_DELAY);
             // Reading an operation is idempotent.
             operation = match self
-                .with_retries(&call.until(deadline), Idempotency::Idempotent, |attempt| {
-                    self.get_operation_once(&name, attempt)
-                })
+                .with_retries(
+                    &telemetry::GET_OPERATION,
+                    &name,
+                    &call.until(deadline),
+                    Idempotency::Idempotent,
+                    |attempt| self.get_operation_once(&name, attempt),
+                )
                 .await
                 .result
             {
@@ -593,6 +616,14 @@ impl CloudTasksClient {
     ) -> Vec<Round> {
         let queue = self.queue_path();
         let count = tasks.len();
+        let send = Call::send(
+            &telemetry::BATCH_CREATE_TASKS,
+            self.server(),
+            queue,
+            Some(count),
+            None,
+        );
+        send.link_tasks(&tasks);
         let request = BatchCreateTasksRequest {
             parent: queue.to_owned(),
             requests: tasks
@@ -619,7 +650,7 @@ impl CloudTasksClient {
         // like a named task, with the same request (request_id included) each time; a resend
         // waits for its turn under the rate limit, and RESOURCE_EXHAUSTED slows it down.
         let sent = self
-            .with_retries(&call.until(deadline), Idempotency::Idempotent, |attempt| {
+            .retried(&send, &call.until(deadline), Idempotency::Idempotent, |attempt| {
                 sends += 1;
                 let resend = sends > 1;
                 let request = &request;
@@ -635,11 +666,17 @@ impl CloudTasksClient {
                     result
                 }
             })
+            .instrument(send.span().clone())
             .await;
         let operation = match sent.result {
-            Ok(operation) => self.wait_operation(operation, deadline, call).await,
+            Ok(operation) => {
+                self.wait_operation(operation, deadline, call)
+                    .instrument(send.span().clone())
+                    .await
+            }
             Err(error) => Err(call.deadline_error(error)),
         };
+        send.finish(operation.as_ref().err());
         let sent_tasks = request
             .requests
             .into_iter()

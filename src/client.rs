@@ -19,6 +19,7 @@ use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use crate::rate::Pacer;
 use crate::retry::{self, Attempt, Attempted, Idempotency, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask, NewTask};
+use crate::telemetry::{self, Call, Rpc, Server};
 use crate::transport::{ConnectionOptions, Http2Channel, Security, SetupError};
 
 /// Google's global Cloud Tasks endpoint.
@@ -78,6 +79,7 @@ struct Inner {
     stub: RawCloudTasksClient<Http2Channel>,
     channel: Http2Channel,
     auth: Auth,
+    server: Server,
     /// Routing and client-identity headers, computed once.
     call_headers: HeaderMap,
     /// The `grpc-timeout` value for `attempt_timeout`, the deadline of almost every attempt,
@@ -179,19 +181,36 @@ impl CloudTasksClient {
         options: &CallOptions,
     ) -> Result<Enqueued, Error> {
         let task = task.into();
-        let span = match task.document_id() {
-            Some(document_id) => tracing::info_span!("document", %document_id),
-            None => tracing::Span::none(),
+        let call = Call::send(
+            &telemetry::CREATE_TASK,
+            &self.inner.server,
+            self.queue_path(),
+            None,
+            task.document_id(),
+        );
+        // The task carries the context of its own send span.
+        let result = match call
+            .span()
+            .in_scope(|| self.task_proto(task.into_http_task(false)?))
+        {
+            Ok(task) => {
+                self.enqueue_validated(&call, task, options, None)
+                    .instrument(call.span().clone())
+                    .await
+            }
+            Err(error) => {
+                call.finish(Some(&error));
+                Err(error)
+            }
         };
-        let task = self.task_proto(task.into_http_task(false)?)?;
-        self.enqueue_validated(task, options, None)
-            .instrument(span)
-            .await
+        telemetry::task_outcome(&result);
+        result
     }
 
     /// Checks `task` against Cloud Tasks' rules and builds the proto `Task` for this client's
-    /// queue and backend.
-    pub(crate) fn task_proto(&self, task: HttpTask) -> Result<Task, Error> {
+    /// queue and backend, carrying the current trace context in its headers.
+    pub(crate) fn task_proto(&self, mut task: HttpTask) -> Result<Task, Error> {
+        telemetry::inject_context(&mut task.headers);
         let target = &self.inner.target;
         task.into_proto(
             target.queue_path(),
@@ -205,15 +224,18 @@ impl CloudTasksClient {
     /// is [`Enqueued::AlreadyExists`].
     pub(crate) async fn enqueue_validated(
         &self,
+        call: &Call<'_>,
         task: Task,
         options: &CallOptions,
         pacer: Option<&Pacer>,
     ) -> Result<Enqueued, Error> {
         let task_name = (!task.name.is_empty()).then(|| task.name.clone());
-        let Attempted { result, attempts } = self.create_validated(task, options, pacer).await;
+        let Attempted { result, attempts } =
+            self.create_validated(call, task, options, pacer).await;
         match (result, task_name) {
             (Ok(task), _) => Ok(Enqueued::created(task)),
             (Err(error), Some(task_name)) if error.is_already_exists() => {
+                call.created(&task_name);
                 tracing::info!(
                     task = %task_name,
                     attempts,
@@ -232,6 +254,7 @@ impl CloudTasksClient {
     /// waits for its turn and a RESOURCE_EXHAUSTED answer slows the pacer down.
     pub(crate) async fn create_validated(
         &self,
+        call: &Call<'_>,
         task: Task,
         options: &CallOptions,
         pacer: Option<&Pacer>,
@@ -258,6 +281,7 @@ impl CloudTasksClient {
         let total_timeout = options.total_timeout.unwrap_or(self.inner.total_timeout);
         let mut sends = 0_u32;
         let outcome = retry::run(
+            call,
             policy,
             idempotency,
             attempt_timeout,
@@ -283,21 +307,32 @@ impl CloudTasksClient {
         .await;
         let latency_ms = started.elapsed().as_millis();
         match &outcome.result {
-            Ok(created) => tracing::info!(
-                queue = target.queue_path(),
-                task = %created.name,
-                attempts = outcome.attempts,
-                latency_ms,
-                "enqueued task"
-            ),
-            Err(error) => tracing::warn!(
-                queue = target.queue_path(),
-                attempts = outcome.attempts,
-                latency_ms,
-                task_may_exist = error.task_may_exist(),
-                %error,
-                "CreateTask failed"
-            ),
+            Ok(created) => {
+                call.created(&created.name);
+                call.finish(None);
+                tracing::info!(
+                    queue = target.queue_path(),
+                    task = %created.name,
+                    attempts = outcome.attempts,
+                    latency_ms,
+                    "enqueued task"
+                );
+            }
+            // ALREADY_EXISTS of a named task is the call's success, as the caller reports it.
+            Err(error) if idempotency == Idempotency::Idempotent && error.is_already_exists() => {
+                call.finish(None);
+            }
+            Err(error) => {
+                call.finish(Some(error));
+                tracing::warn!(
+                    queue = target.queue_path(),
+                    attempts = outcome.attempts,
+                    latency_ms,
+                    task_may_exist = error.task_may_exist(),
+                    %error,
+                    "CreateTask failed"
+                );
+            }
         }
         outcome
     }
@@ -316,9 +351,34 @@ impl CloudTasksClient {
     }
 
     /// Runs `attempt` under the retry policy and deadlines of `options`, falling back to the
-    /// client's.
+    /// client's, as one call of `rpc` on `resource` (a task, an operation or the queue): in
+    /// its span, and recorded when it ends.
     pub(crate) async fn with_retries<T, F, Fut>(
         &self,
+        rpc: &'static Rpc,
+        resource: &str,
+        options: &CallOptions,
+        idempotency: Idempotency,
+        attempt: F,
+    ) -> Attempted<T>
+    where
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let call = Call::rpc(rpc, &self.inner.server, resource);
+        let outcome = self
+            .retried(&call, options, idempotency, attempt)
+            .instrument(call.span().clone())
+            .await;
+        call.finish(outcome.result.as_ref().err());
+        outcome
+    }
+
+    /// Runs `attempt` as [`CloudTasksClient::with_retries`] does, as part of `call`, which the
+    /// caller runs and finishes.
+    pub(crate) async fn retried<T, F, Fut>(
+        &self,
+        call: &Call<'_>,
         options: &CallOptions,
         idempotency: Idempotency,
         attempt: F,
@@ -329,6 +389,7 @@ impl CloudTasksClient {
     {
         let inner = &*self.inner;
         retry::run(
+            call,
             options.retry_policy.as_ref().unwrap_or(&inner.retry_policy),
             idempotency,
             options.attempt_timeout.unwrap_or(inner.attempt_timeout),
@@ -418,6 +479,11 @@ impl CloudTasksClient {
     /// Maps a status received for this client's queue: a whole call's, or one task's of a batch.
     pub(crate) fn status_error(&self, status: tonic::Status) -> Error {
         error::from_status(status, self.call_context())
+    }
+
+    /// The endpoint as spans and metrics name it.
+    pub(crate) fn server(&self) -> &Server {
+        &self.inner.server
     }
 
     pub(crate) fn call_context(&self) -> CallContext<'_> {
@@ -783,6 +849,7 @@ impl ClientBuilder {
                 call_headers: auth::queue_call_headers(target.queue_path()),
                 attempt_timeout_header: grpc_timeout_header(self.attempt_timeout),
                 target,
+                server: Server::new(&endpoint),
                 endpoint,
                 stub: RawCloudTasksClient::new(channel.clone()),
                 channel,

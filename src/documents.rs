@@ -21,6 +21,7 @@ use crate::proto::google::cloud::tasks::v2::{
     task::View,
 };
 use crate::retry::Idempotency;
+use crate::telemetry::{DELETE_TASK, GET_TASK, LIST_TASKS, RUN_TASK};
 
 /// The most tasks Cloud Tasks returns in one `ListTasks` page.
 pub const MAX_LIST_PAGE_SIZE: u32 = 1000;
@@ -146,7 +147,7 @@ impl CloudTasksClient {
 
     async fn get_task(&self, name: &str, options: &CallOptions) -> Result<Task, Error> {
         let outcome = self
-            .with_retries(options, Idempotency::Idempotent, |attempt| async move {
+            .with_retries(&GET_TASK, name, options, Idempotency::Idempotent, |attempt| async move {
                 let message = GetTaskRequest {
                     name: name.to_owned(),
                     response_view: View::Basic.into(),
@@ -166,7 +167,7 @@ impl CloudTasksClient {
 
     async fn delete_task(&self, name: &str, options: &CallOptions) -> Result<(), Error> {
         let outcome = self
-            .with_retries(options, Idempotency::Idempotent, |attempt| async move {
+            .with_retries(&DELETE_TASK, name, options, Idempotency::Idempotent, |attempt| async move {
                 let message = DeleteTaskRequest {
                     name: name.to_owned(),
                 };
@@ -189,7 +190,7 @@ impl CloudTasksClient {
 
     async fn run_task(&self, name: &str, options: &CallOptions) -> Result<Task, Error> {
         let outcome = self
-            .with_retries(options, Idempotency::NotIdempotent, |attempt| async move {
+            .with_retries(&RUN_TASK, name, options, Idempotency::NotIdempotent, |attempt| async move {
                 let message = RunTaskRequest {
                     name: name.to_owned(),
                     response_view: View::Basic.into(),
@@ -219,7 +220,7 @@ impl CloudTasksClient {
         options: &CallOptions,
     ) -> Result<ListTasksResponse, Error> {
         let outcome = self
-            .with_retries(options, Idempotency::Idempotent, |attempt| async move {
+            .with_retries(&LIST_TASKS, self.queue_path(), options, Idempotency::Idempotent, |attempt| async move {
                 let message = ListTasksRequest {
                     parent: self.queue_path().to_owned(),
                     response_view: View::Basic.into(),

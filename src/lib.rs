@@ -72,6 +72,7 @@ mod rate;
 pub mod receiver;
 mod retry;
 mod task;
+pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transport;

@@ -202,6 +202,7 @@ impl Pacer {
             if state.rate.is_infinite() {
                 return;
             }
+            crate::telemetry::pace(state.rate);
             let start = state.next_free.max(now);
             state.next_free = start + Duration::from_secs_f64(tasks as f64 / state.rate);
             start

@@ -12,8 +12,10 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::error::{Code, Error};
+use crate::telemetry::Call;
 use crate::transport::RequestWritten;
 
 /// Exponential backoff with full jitter, bounded by the call's total deadline.
@@ -128,8 +130,10 @@ pub(crate) struct Attempt {
 }
 
 /// Runs `attempt` until it succeeds, fails for good, or the total deadline leaves no time for
-/// another attempt. `attempt` receives the time it may take, at most `attempt_timeout`.
+/// another attempt. `attempt` receives the time it may take, at most `attempt_timeout`. Each
+/// attempt runs in its own span under `call`'s and is recorded there.
 pub(crate) async fn run<T, F, Fut>(
+    call: &Call<'_>,
     policy: &RetryPolicy,
     idempotency: Idempotency,
     attempt_timeout: Duration,
@@ -158,13 +162,16 @@ where
             budget,
             written: written.clone(),
         };
-        let result = match tokio::time::timeout(budget, attempt(this_attempt)).await {
+        let record = call.attempt(attempts);
+        let sent = attempt(this_attempt).instrument(record.span().clone());
+        let result = match tokio::time::timeout(budget, sent).await {
             Ok(Err(Error::Timeout { .. })) | Err(_) => Err(Error::Timeout {
                 after: limit,
                 request_sent: written.get(),
             }),
             Ok(result) => result,
         };
+        record.finish(result.as_ref().err());
         let error = match result {
             Ok(value) => {
                 return Attempted {
@@ -192,6 +199,7 @@ where
             };
         }
         tracing::debug!(attempt = attempts, wait_ms = wait.as_millis(), %error, "retrying");
+        call.retrying(&error);
         tokio::time::sleep(wait).await;
     }
 }
@@ -258,7 +266,10 @@ mod tests {
         let calls = AtomicU32::new(0);
         let policy = RetryPolicy::default().with_max_attempts(1000);
         let started = Instant::now();
+        let server = crate::telemetry::Server::new("http://127.0.0.1:1");
+        let call = Call::rpc(&crate::telemetry::GET_TASK, &server, "t");
         let outcome: Attempted<()> = run(
+            &call,
             &policy,
             Idempotency::Idempotent,
             Duration::from_secs(20),
@@ -278,7 +289,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_attempt_gets_at_most_the_remaining_time() {
         let started = Instant::now();
+        let server = crate::telemetry::Server::new("http://127.0.0.1:1");
+        let call = Call::rpc(&crate::telemetry::CREATE_TASK, &server, "q");
         let outcome: Attempted<()> = run(
+            &call,
             &RetryPolicy::default(),
             Idempotency::NotIdempotent,
             Duration::from_secs(20),

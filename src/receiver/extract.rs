@@ -102,6 +102,7 @@ where
             .await
             .map_err(Rejection::from)?;
         let context = TaskContext::from_headers(&parts.headers).map_err(Rejection::from)?;
+        let processing = crate::telemetry::receiving::Processing::start(&parts.headers, &context);
         let body = Bytes::from_request(Request::from_parts(parts, body), state)
             .await
             .map_err(|error| Rejection::Payload {
@@ -111,6 +112,7 @@ where
             reason: error.to_string(),
         })?;
         Ok(Self(Delivery {
+            processing,
             token,
             context,
             payload,

@@ -47,6 +47,8 @@ mod jwks;
 mod oidc;
 mod outcome;
 
+use std::future::Future;
+
 use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -63,6 +65,8 @@ pub use oidc::{
 };
 pub use outcome::TaskOutcome;
 
+use crate::telemetry::receiving::Processing;
+
 /// A delivery that passed every check.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -73,6 +77,36 @@ pub struct Delivery<T> {
     pub context: TaskContext,
     /// The task body.
     pub payload: T,
+    pub(crate) processing: Processing,
+}
+
+impl<T> Delivery<T> {
+    /// The delivery's processing span (`process {queue}`, CONSUMER), linked to the span that
+    /// enqueued the task when the `opentelemetry` feature is on and the task carries its
+    /// context.
+    pub fn span(&self) -> &tracing::Span {
+        self.processing.span()
+    }
+
+    /// Runs `work`, this delivery's processing, inside [`Delivery::span`], and records its
+    /// outcome on the span and (feature `opentelemetry`) in the `messaging.process.duration`
+    /// histogram.
+    ///
+    /// ```no_run
+    /// # async fn handle(delivery: cloud_tasks::receiver::Delivery<cloud_tasks::ProcessDocumentPayload>) {
+    /// use cloud_tasks::receiver::TaskOutcome;
+    ///
+    /// let outcome = delivery
+    ///     .run(async {
+    ///         // download, extract, store ...
+    ///         TaskOutcome::Done
+    ///     })
+    ///     .await;
+    /// # }
+    /// ```
+    pub async fn run(&self, work: impl Future<Output = TaskOutcome>) -> TaskOutcome {
+        self.processing.run(&self.context.queue_name, work).await
+    }
 }
 
 /// Checks a Cloud Tasks request: the OIDC token first (nothing else is read from an
@@ -91,6 +125,7 @@ pub async fn receive<T: DeserializeOwned>(
         reason: error.to_string(),
     })?;
     Ok(Delivery {
+        processing: Processing::start(headers, &context),
         token,
         context,
         payload,

@@ -1,0 +1,95 @@
+//! The receiving side's part: one processing span per delivery, linked to the span that
+//! enqueued the task, and the processing duration by outcome.
+
+use std::future::Future;
+use std::time::Instant;
+
+use http::HeaderMap;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+
+use super::{MESSAGING_SYSTEM_VALUE, attributes as attr};
+use crate::receiver::{TaskContext, TaskOutcome};
+
+/// A delivery's processing: its span and when it started.
+#[derive(Debug, Clone)]
+pub(crate) struct Processing {
+    span: Span,
+    started: Instant,
+}
+
+impl Processing {
+    /// The messaging conventions' `process` span (CONSUMER) for a verified delivery, named
+    /// `process {queue ID}`, with the task's retry count.
+    ///
+    /// The producer's context (feature `opentelemetry`) becomes a link, not the parent: a push
+    /// delivery is handled inside the HTTP server's span, which is the parent when there is one
+    /// (the conventions' default for this case), and each delivery of a retried task links to
+    /// the same enqueue.
+    pub(crate) fn start(headers: &HeaderMap, context: &TaskContext) -> Self {
+        let span = tracing::info_span!(
+            "process",
+            otel.name = format!("process {}", context.queue_name),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            { attr::MESSAGING_SYSTEM } = MESSAGING_SYSTEM_VALUE,
+            { attr::MESSAGING_OPERATION_NAME } = "process",
+            { attr::MESSAGING_OPERATION_TYPE } = "process",
+            { attr::MESSAGING_DESTINATION_NAME } = context.queue_name.as_str(),
+            { attr::MESSAGING_MESSAGE_ID } = context.task_name.as_str(),
+            { attr::RETRY_COUNT } = context.retry_count,
+            { attr::OUTCOME } = Empty,
+        );
+        #[cfg(feature = "opentelemetry")]
+        if let Some(producer) = super::context::extract(headers) {
+            tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, producer);
+        }
+        #[cfg(not(feature = "opentelemetry"))]
+        let _ = headers;
+        Self {
+            span,
+            started: Instant::now(),
+        }
+    }
+
+    /// The processing span.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Runs `work` in the span, then records its outcome there and in the processing duration
+    /// histogram.
+    pub(crate) async fn run(
+        &self,
+        queue: &str,
+        work: impl Future<Output = TaskOutcome>,
+    ) -> TaskOutcome {
+        let outcome = work.instrument(self.span.clone()).await;
+        let name = outcome_name(&outcome);
+        self.span.record(attr::OUTCOME, name);
+        if !matches!(outcome, TaskOutcome::Done) {
+            self.span.record("otel.status_code", "error");
+        }
+        #[cfg(feature = "opentelemetry")]
+        super::metrics::instruments().process_duration.record(
+            self.started.elapsed().as_secs_f64(),
+            &[
+                opentelemetry::KeyValue::new(attr::MESSAGING_SYSTEM, MESSAGING_SYSTEM_VALUE),
+                opentelemetry::KeyValue::new(attr::MESSAGING_OPERATION_NAME, "process"),
+                opentelemetry::KeyValue::new(attr::MESSAGING_DESTINATION_NAME, queue.to_owned()),
+                opentelemetry::KeyValue::new(attr::OUTCOME, name),
+            ],
+        );
+        #[cfg(not(feature = "opentelemetry"))]
+        let _ = (queue, self.started);
+        outcome
+    }
+}
+
+fn outcome_name(outcome: &TaskOutcome) -> &'static str {
+    match outcome {
+        TaskOutcome::Done => "done",
+        TaskOutcome::RetryLater { .. } => "retry_later",
+        TaskOutcome::GiveUp { .. } => "give_up",
+    }
+}
