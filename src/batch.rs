@@ -326,7 +326,7 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
                 .and_then(|task| self.client.task_proto(task))
         });
         let done = self.push_proto(key, proto).await;
-        telemetry::task_outcomes(&done);
+        telemetry::task_outcomes(self.client.server(), &done);
         done
     }
 
@@ -340,7 +340,7 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
         while let Some(joined) = self.in_flight.join_next().await {
             done.extend(unwrap_joined(joined));
         }
-        telemetry::task_outcomes(&done);
+        telemetry::task_outcomes(self.client.server(), &done);
         done
     }
 

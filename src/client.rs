@@ -203,7 +203,7 @@ impl CloudTasksClient {
                 Err(error)
             }
         };
-        telemetry::task_outcome(&result);
+        telemetry::task_outcome(&self.inner.server, &result);
         result
     }
 
@@ -848,8 +848,8 @@ impl ClientBuilder {
             inner: Arc::new(Inner {
                 call_headers: auth::queue_call_headers(target.queue_path()),
                 attempt_timeout_header: grpc_timeout_header(self.attempt_timeout),
+                server: Server::new(&endpoint, target.queue_path()),
                 target,
-                server: Server::new(&endpoint),
                 endpoint,
                 stub: RawCloudTasksClient::new(channel.clone()),
                 channel,

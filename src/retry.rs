@@ -266,7 +266,7 @@ mod tests {
         let calls = AtomicU32::new(0);
         let policy = RetryPolicy::default().with_max_attempts(1000);
         let started = Instant::now();
-        let server = crate::telemetry::Server::new("http://127.0.0.1:1");
+        let server = crate::telemetry::Server::new("http://127.0.0.1:1", "q");
         let call = Call::rpc(&crate::telemetry::GET_TASK, &server, "t");
         let outcome: Attempted<()> = run(
             &call,
@@ -289,7 +289,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_attempt_gets_at_most_the_remaining_time() {
         let started = Instant::now();
-        let server = crate::telemetry::Server::new("http://127.0.0.1:1");
+        let server = crate::telemetry::Server::new("http://127.0.0.1:1", "q");
         let call = Call::rpc(&crate::telemetry::CREATE_TASK, &server, "q");
         let outcome: Attempted<()> = run(
             &call,

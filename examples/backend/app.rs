@@ -72,14 +72,17 @@ pub fn router<P: Processor>(app: App<P>) -> Router {
         .with_state(app)
 }
 
-/// The task route: the extractor has verified everything; this is the processing.
+/// The task route: the extractor has verified everything; this is the processing, inside the
+/// delivery's processing span (linked to the upload's enqueue span).
 async fn process_document<P: Processor>(
     State(app): State<App<P>>,
     task: CloudTask<ProcessDocumentPayload>,
 ) -> TaskOutcome {
-    app.documents
-        .process_once(&task, app.processor.process(&task))
-        .await
+    task.run(
+        app.documents
+            .process_once(&task, app.processor.process(&task)),
+    )
+    .await
 }
 
 /// Each document's processing state, keyed by document ID: the stand-in for the backend's

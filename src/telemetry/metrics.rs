@@ -132,19 +132,24 @@ pub(super) fn retry(rpc: &Rpc, error: &Error) {
     );
 }
 
-pub(super) fn task_outcome(result: &Result<Enqueued, Error>) {
+pub(super) fn task_outcome(server: &Server, result: &Result<Enqueued, Error>) {
     let system = KeyValue::new(attr::MESSAGING_SYSTEM, MESSAGING_SYSTEM_VALUE);
+    let queue = KeyValue::new(attr::MESSAGING_DESTINATION_NAME, server.metric_queue.clone());
     let counter = &instruments().sent_messages;
     match result {
         Ok(Enqueued::Created { .. }) => {
-            counter.add(1, &[system, KeyValue::new(attr::OUTCOME, "created")]);
+            counter.add(1, &[system, queue, KeyValue::new(attr::OUTCOME, "created")]);
         }
         Ok(Enqueued::AlreadyExists { .. }) => {
-            counter.add(1, &[system, KeyValue::new(attr::OUTCOME, "already_exists")]);
+            counter.add(
+                1,
+                &[system, queue, KeyValue::new(attr::OUTCOME, "already_exists")],
+            );
         }
         Err(error) => {
             let mut attributes = vec![
                 system,
+                queue,
                 KeyValue::new(attr::OUTCOME, "failed"),
                 KeyValue::new(attr::ERROR_TYPE, super::error_type(error)),
             ];

@@ -134,7 +134,7 @@ pub(crate) const LIST_TASKS: Rpc = Rpc {
     method: "google.cloud.tasks.v2.CloudTasks/ListTasks",
 };
 
-/// The endpoint as the spans and metrics name it, parsed once per client.
+/// The endpoint (and queue) as the spans and metrics name them, worked out once per client.
 #[derive(Debug, Clone)]
 pub(crate) struct Server {
     address: String,
@@ -142,10 +142,13 @@ pub(crate) struct Server {
     /// The address once more, shared by every metric point.
     #[cfg(feature = "opentelemetry")]
     metric_address: opentelemetry::StringValue,
+    /// The client's queue, shared by every metric point.
+    #[cfg(feature = "opentelemetry")]
+    metric_queue: opentelemetry::StringValue,
 }
 
 impl Server {
-    pub(crate) fn new(endpoint: &str) -> Self {
+    pub(crate) fn new(endpoint: &str, queue: &str) -> Self {
         let url = url::Url::parse(endpoint).ok();
         let address = url
             .as_ref()
@@ -158,6 +161,8 @@ impl Server {
         Self {
             #[cfg(feature = "opentelemetry")]
             metric_address: std::sync::Arc::<str>::from(address.as_str()).into(),
+            #[cfg(feature = "opentelemetry")]
+            metric_queue: std::sync::Arc::<str>::from(queue).into(),
             address,
             port,
         }
@@ -185,6 +190,8 @@ impl<'a> Call<'a> {
         batch: Option<usize>,
         document: Option<uuid::Uuid>,
     ) -> Self {
+        // Counts are recorded as i64: OpenTelemetry's integer type, which tracing's unsigned
+        // values do not all map to.
         let span = tracing::info_span!(
             "send",
             otel.name = format!("send {}", queue_id(queue)),
@@ -195,12 +202,12 @@ impl<'a> Call<'a> {
             { attr::MESSAGING_OPERATION_TYPE } = "send",
             { attr::MESSAGING_DESTINATION_NAME } = queue,
             { attr::MESSAGING_MESSAGE_ID } = Empty,
-            { attr::MESSAGING_BATCH_MESSAGE_COUNT } = batch,
+            { attr::MESSAGING_BATCH_MESSAGE_COUNT } = batch.and_then(|n| i64::try_from(n).ok()),
             { attr::DOCUMENT_ID } = document.map(display),
             { attr::RPC_SYSTEM_NAME } = "grpc",
             { attr::RPC_METHOD } = rpc.method,
             { attr::SERVER_ADDRESS } = server.address.as_str(),
-            { attr::SERVER_PORT } = server.port,
+            { attr::SERVER_PORT } = i64::from(server.port),
             { attr::ERROR_TYPE } = Empty,
             { attr::RPC_RESPONSE_STATUS_CODE } = Empty,
         );
@@ -218,7 +225,7 @@ impl<'a> Call<'a> {
             { attr::RPC_SYSTEM_NAME } = "grpc",
             { attr::RPC_METHOD } = rpc.method,
             { attr::SERVER_ADDRESS } = server.address.as_str(),
-            { attr::SERVER_PORT } = server.port,
+            { attr::SERVER_PORT } = i64::from(server.port),
             { attr::MESSAGING_DESTINATION_NAME } = resource,
             { attr::ERROR_TYPE } = Empty,
             { attr::RPC_RESPONSE_STATUS_CODE } = Empty,
@@ -253,8 +260,8 @@ impl<'a> Call<'a> {
             { attr::RPC_SYSTEM_NAME } = "grpc",
             { attr::RPC_METHOD } = self.rpc.method,
             { attr::SERVER_ADDRESS } = self.server.address.as_str(),
-            { attr::SERVER_PORT } = self.server.port,
-            { attr::RESEND_COUNT } = (attempt > 1).then(|| attempt - 1),
+            { attr::SERVER_PORT } = i64::from(self.server.port),
+            { attr::RESEND_COUNT } = (attempt > 1).then(|| i64::from(attempt - 1)),
             { attr::ERROR_TYPE } = Empty,
             { attr::RPC_RESPONSE_STATUS_CODE } = Empty,
         );
@@ -368,18 +375,19 @@ pub(crate) fn error_type(error: &Error) -> &'static str {
     }
 }
 
-/// The enqueue outcome of one task, counted by outcome (and code) when the feature is on.
-pub(crate) fn task_outcome(result: &Result<Enqueued, Error>) {
+/// The enqueue outcome of one task for `server`'s queue, counted by outcome (and code) when
+/// the feature is on.
+pub(crate) fn task_outcome(server: &Server, result: &Result<Enqueued, Error>) {
     #[cfg(feature = "opentelemetry")]
-    metrics::task_outcome(result);
+    metrics::task_outcome(server, result);
     #[cfg(not(feature = "opentelemetry"))]
-    let _ = result;
+    let _ = (server, result);
 }
 
 /// The outcomes a bulk enqueue hands back, each counted as [`task_outcome`] does.
-pub(crate) fn task_outcomes<K>(outcomes: &[(K, Result<Enqueued, Error>)]) {
+pub(crate) fn task_outcomes<K>(server: &Server, outcomes: &[(K, Result<Enqueued, Error>)]) {
     for (_, outcome) in outcomes {
-        task_outcome(outcome);
+        task_outcome(server, outcome);
     }
 }
 

@@ -37,7 +37,7 @@ impl Processing {
             { attr::MESSAGING_OPERATION_TYPE } = "process",
             { attr::MESSAGING_DESTINATION_NAME } = context.queue_name.as_str(),
             { attr::MESSAGING_MESSAGE_ID } = context.task_name.as_str(),
-            { attr::RETRY_COUNT } = context.retry_count,
+            { attr::RETRY_COUNT } = i64::from(context.retry_count),
             { attr::OUTCOME } = Empty,
         );
         #[cfg(feature = "opentelemetry")]
