@@ -147,15 +147,21 @@ impl CloudTasksClient {
 
     async fn get_task(&self, name: &str, options: &CallOptions) -> Result<Task, Error> {
         let outcome = self
-            .with_retries(&GET_TASK, name, options, Idempotency::Idempotent, |attempt| async move {
-                let message = GetTaskRequest {
-                    name: name.to_owned(),
-                    response_view: View::Basic.into(),
-                };
-                let request = self.prepare_by_name(message, name, attempt).await?;
-                let result = self.raw_stub().get_task(request).await;
-                self.map_task_response(result, TaskCall::Get(name))
-            })
+            .with_retries(
+                &GET_TASK,
+                name,
+                options,
+                Idempotency::Idempotent,
+                |attempt| async move {
+                    let message = GetTaskRequest {
+                        name: name.to_owned(),
+                        response_view: View::Basic.into(),
+                    };
+                    let request = self.prepare_by_name(message, name, attempt).await?;
+                    let result = self.raw_stub().get_task(request).await;
+                    self.map_task_response(result, TaskCall::Get(name))
+                },
+            )
             .await;
         if let Err(error) = &outcome.result
             && !error.is_not_found()
@@ -167,14 +173,20 @@ impl CloudTasksClient {
 
     async fn delete_task(&self, name: &str, options: &CallOptions) -> Result<(), Error> {
         let outcome = self
-            .with_retries(&DELETE_TASK, name, options, Idempotency::Idempotent, |attempt| async move {
-                let message = DeleteTaskRequest {
-                    name: name.to_owned(),
-                };
-                let request = self.prepare_by_name(message, name, attempt).await?;
-                let result = self.raw_stub().delete_task(request).await;
-                self.map_task_response(result, TaskCall::Delete(name))
-            })
+            .with_retries(
+                &DELETE_TASK,
+                name,
+                options,
+                Idempotency::Idempotent,
+                |attempt| async move {
+                    let message = DeleteTaskRequest {
+                        name: name.to_owned(),
+                    };
+                    let request = self.prepare_by_name(message, name, attempt).await?;
+                    let result = self.raw_stub().delete_task(request).await;
+                    self.map_task_response(result, TaskCall::Delete(name))
+                },
+            )
             .await;
         match &outcome.result {
             Ok(()) => tracing::info!(task = name, attempts = outcome.attempts, "deleted task"),
@@ -190,15 +202,21 @@ impl CloudTasksClient {
 
     async fn run_task(&self, name: &str, options: &CallOptions) -> Result<Task, Error> {
         let outcome = self
-            .with_retries(&RUN_TASK, name, options, Idempotency::NotIdempotent, |attempt| async move {
-                let message = RunTaskRequest {
-                    name: name.to_owned(),
-                    response_view: View::Basic.into(),
-                };
-                let request = self.prepare_by_name(message, name, attempt).await?;
-                let result = self.raw_stub().run_task(request).await;
-                self.map_task_response(result, TaskCall::Run(name))
-            })
+            .with_retries(
+                &RUN_TASK,
+                name,
+                options,
+                Idempotency::NotIdempotent,
+                |attempt| async move {
+                    let message = RunTaskRequest {
+                        name: name.to_owned(),
+                        response_view: View::Basic.into(),
+                    };
+                    let request = self.prepare_by_name(message, name, attempt).await?;
+                    let result = self.raw_stub().run_task(request).await;
+                    self.map_task_response(result, TaskCall::Run(name))
+                },
+            )
             .await;
         match &outcome.result {
             Ok(_) => tracing::info!(task = name, attempts = outcome.attempts, "ran task"),
@@ -220,18 +238,24 @@ impl CloudTasksClient {
         options: &CallOptions,
     ) -> Result<ListTasksResponse, Error> {
         let outcome = self
-            .with_retries(&LIST_TASKS, self.queue_path(), options, Idempotency::Idempotent, |attempt| async move {
-                let message = ListTasksRequest {
-                    parent: self.queue_path().to_owned(),
-                    response_view: View::Basic.into(),
-                    page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
-                    page_token: page_token.to_owned(),
-                };
-                // `prepare` already routes by `parent=<queue>`, as ListTasks needs.
-                let request = self.prepare(message, attempt).await?;
-                let result = self.raw_stub().list_tasks(request).await;
-                self.map_task_response(result, TaskCall::List)
-            })
+            .with_retries(
+                &LIST_TASKS,
+                self.queue_path(),
+                options,
+                Idempotency::Idempotent,
+                |attempt| async move {
+                    let message = ListTasksRequest {
+                        parent: self.queue_path().to_owned(),
+                        response_view: View::Basic.into(),
+                        page_size: i32::try_from(page_size).unwrap_or(i32::MAX),
+                        page_token: page_token.to_owned(),
+                    };
+                    // `prepare` already routes by `parent=<queue>`, as ListTasks needs.
+                    let request = self.prepare(message, attempt).await?;
+                    let result = self.raw_stub().list_tasks(request).await;
+                    self.map_task_response(result, TaskCall::List)
+                },
+            )
             .await;
         if let Err(error) = &outcome.result {
             tracing::warn!(queue = self.queue_path(), attempts = outcome.attempts, %error, "ListTasks failed");

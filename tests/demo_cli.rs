@@ -60,6 +60,43 @@ fn demo_processes_every_document_and_exits_0() {
         "{stdout}"
     );
     assert!(stdout.contains("6 deliveries (2 retried)"), "{stdout}");
+    each_delivery_shows_its_uploads_trace(&stdout, 4, 6);
+}
+
+/// Each document's enqueue line shows its upload's trace ID, and each of its deliveries (the
+/// retried ones included) shows the same one: the task carried it through the emulator.
+fn each_delivery_shows_its_uploads_trace(stdout: &str, documents: usize, deliveries: usize) {
+    let trace_of = |line: &str| {
+        let trace = line.split("trace ").nth(1)?.split_whitespace().next()?;
+        (trace.len() == 32 && trace != "0".repeat(32)).then(|| trace.to_owned())
+    };
+    let enqueues: Vec<(&str, String)> = stdout
+        .lines()
+        .filter(|line| line.contains("-> task "))
+        .map(|line| {
+            let document = line.split_whitespace().next().unwrap();
+            (
+                document,
+                trace_of(line).unwrap_or_else(|| panic!("no trace in {line:?}")),
+            )
+        })
+        .collect();
+    assert_eq!(enqueues.len(), documents, "{stdout}");
+    let mut checked = 0;
+    for line in stdout
+        .lines()
+        .filter(|line| line.contains("OIDC token verified  -> "))
+    {
+        let (_, trace) = enqueues
+            .iter()
+            .find(|(document, _)| line.contains(document))
+            .unwrap_or_else(|| panic!("a delivery of no enqueued document: {line:?}"));
+        assert_eq!(trace_of(line).as_ref(), Some(trace), "{line}");
+        checked += 1;
+    }
+    assert_eq!(checked, deliveries, "{stdout}");
+    let distinct: std::collections::HashSet<_> = enqueues.iter().map(|(_, t)| t).collect();
+    assert_eq!(distinct.len(), documents, "one trace per upload: {stdout}");
 }
 
 #[test]

@@ -237,7 +237,10 @@ async fn an_enqueue_is_one_send_span_over_its_attempts_and_the_task_carries_it()
     for attempt in &attempts {
         assert_eq!(attempt.span_kind, SpanKind::Client);
         assert_eq!(attempt.parent_span_id, send.span_context.span_id());
-        assert_eq!(attempt.span_context.trace_id(), send.span_context.trace_id());
+        assert_eq!(
+            attempt.span_context.trace_id(),
+            send.span_context.trace_id()
+        );
         assert!(has(attempt, "server.port", port));
     }
     assert!(has(&attempts[0], "error.type", "UNAVAILABLE"));
@@ -524,7 +527,11 @@ async fn each_delivery_links_to_its_documents_enqueue_through_a_rewriting_front_
                 "linked, not parented"
             );
         }
-        assert!(has(mine[0], "messaging.gcp_cloud_tasks.outcome", "retry_later"));
+        assert!(has(
+            mine[0],
+            "messaging.gcp_cloud_tasks.outcome",
+            "retry_later"
+        ));
         assert!(has(mine[1], "messaging.gcp_cloud_tasks.outcome", "done"));
     }
 
@@ -539,6 +546,89 @@ async fn each_delivery_links_to_its_documents_enqueue_through_a_rewriting_front_
             .map(|p| p.value)
             .sum::<f64>()
     };
-    assert_eq!(count("retry_later"), documents.len() as f64, "{processed:#?}");
+    assert_eq!(
+        count("retry_later"),
+        documents.len() as f64,
+        "{processed:#?}"
+    );
     assert_eq!(count("done"), documents.len() as f64, "{processed:#?}");
+}
+
+/// A backfill started by a job with `TRACEPARENT`: every task it enqueues, alone or in a
+/// batch, carries the job's trace.
+#[tokio::test]
+async fn the_cli_continues_the_jobs_trace_from_traceparent() {
+    let job_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (server, _client) = mock_and_client(common::QUEUE).await;
+    let enqueue = common::cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
+        .env("TRACEPARENT", format!("00-{job_trace}-00f067aa0ba902b7-01"))
+        .args([
+            "enqueue",
+            "--document-id",
+            &Uuid::new_v4().to_string(),
+            "--filename",
+            "one.pdf",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(enqueue.status.success(), "{enqueue:?}");
+    let lines: String = (0..3)
+        .map(|_| {
+            format!(
+                "{{\"document_id\": \"{}\", \"filename\": \"b.pdf\"}}\n",
+                Uuid::new_v4()
+            )
+        })
+        .collect();
+    let mut batch = common::cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
+        .env("TRACEPARENT", format!("00-{job_trace}-00f067aa0ba902b7-01"))
+        .args(["enqueue-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut stdin = batch.stdin.take().unwrap();
+        stdin.write_all(lines.as_bytes()).await.unwrap();
+    }
+    let batch = batch.wait_with_output().await.unwrap();
+    assert!(batch.status.success(), "{batch:?}");
+
+    let tasks = server.tasks();
+    assert_eq!(tasks.len(), 4);
+    for task in &tasks {
+        for name in [ENQUEUE_TRACEPARENT_HEADER, TRACEPARENT_HEADER] {
+            let traceparent = header(task, name).unwrap_or_else(|| panic!("{name} in {task:?}"));
+            assert_eq!(&traceparent[3..35], job_trace, "{traceparent}");
+        }
+    }
+}
+
+/// A `TRACEPARENT` that is not W3C's is reported, not silently ignored.
+#[tokio::test]
+async fn the_cli_warns_about_a_malformed_traceparent() {
+    let (server, _client) = mock_and_client(common::QUEUE).await;
+    let output = common::cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
+        .env("TRACEPARENT", "not-a-trace")
+        .args([
+            "enqueue",
+            "--document-id",
+            &Uuid::new_v4().to_string(),
+            "--filename",
+            "one.pdf",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TRACEPARENT=\"not-a-trace\" is not a W3C traceparent"),
+        "{stderr}"
+    );
+    // The command still runs, in a trace of its own.
+    assert_eq!(server.tasks().len(), 1);
 }

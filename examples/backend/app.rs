@@ -15,12 +15,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{FromRef, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use cloud_tasks::receiver::{CloudTask, OidcVerifier, TaskOutcome};
+use cloud_tasks::telemetry::{TRACEPARENT_HEADER, TRACESTATE_HEADER, parse_traceparent};
 use cloud_tasks::{CloudTasksClient, PROCESS_DOCUMENT_PATH, ProcessDocumentPayload, Uuid};
+use opentelemetry::Context;
+use opentelemetry::trace::TraceContextExt as _;
 use serde::Deserialize;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// Path of the upload endpoint.
 pub const UPLOAD_PATH: &str = "/api/documents";
@@ -194,7 +199,36 @@ struct Upload {
     filename: String,
 }
 
-async fn upload<P: Processor>(State(app): State<App<P>>, body: Bytes) -> Response {
+/// The upload route, in a server span that continues the caller's trace (its `traceparent`),
+/// so the enqueue, and through the task every delivery, belong to the upload's trace.
+async fn upload<P: Processor>(
+    State(app): State<App<P>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let span = tracing::info_span!(
+        "upload",
+        otel.name = format!("POST {UPLOAD_PATH}"),
+        otel.kind = "server",
+        trace_id = tracing::field::Empty,
+    );
+    let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    if let Some(parent) =
+        text(TRACEPARENT_HEADER).and_then(|value| parse_traceparent(value, text(TRACESTATE_HEADER)))
+        && let Err(error) = span.set_parent(Context::new().with_remote_span_context(parent))
+    {
+        tracing::warn!(%error, "cannot continue the caller's trace");
+    }
+    span.record("trace_id", tracing::field::display(trace_id(&span)));
+    enqueue_upload(app, body).instrument(span).await
+}
+
+/// The trace `span` belongs to.
+pub fn trace_id(span: &tracing::Span) -> opentelemetry::trace::TraceId {
+    span.context().span().span_context().trace_id()
+}
+
+async fn enqueue_upload<P: Processor>(app: App<P>, body: Bytes) -> Response {
     let upload: Upload = match serde_json::from_slice(&body) {
         Ok(upload) => upload,
         Err(error) => {

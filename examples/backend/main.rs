@@ -11,8 +11,13 @@
 //! ```
 //!
 //! In production the same binary reads the real settings and verifies Google-signed tokens.
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set (e.g. `http://localhost:4318` for a local
+//! OpenTelemetry Collector or Jaeger), it exports spans and metrics over OTLP: an upload's
+//! trace holds its enqueue, and each delivery's processing span links to it.
 
 mod app;
+mod otel;
 
 use std::sync::Arc;
 
@@ -39,12 +44,7 @@ impl app::Processor for LogProcessor {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let telemetry = otel::Telemetry::init("info", "document-backend")?;
     let settings = Settings::from_env()?;
     let client = CloudTasksClient::from_settings(&settings)?;
     // The audience and account the client enqueues with; Google as the issuer unless
@@ -65,6 +65,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         processor: Arc::new(LogProcessor),
         documents: app::Documents::default(),
     };
-    axum::serve(listener, app::router(app)).await?;
+    axum::serve(listener, app::router(app))
+        .with_graceful_shutdown(async {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::error!(%error, "cannot wait for Ctrl-C; stopping");
+            }
+        })
+        .await?;
+    // The last spans and metrics are exported before the process ends.
+    telemetry.shutdown();
     Ok(())
 }

@@ -21,6 +21,7 @@ use cloud_tasks::{CloudTasksClient, ProcessDocumentPayload, Settings, Uuid};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use super::{EXIT_FAILED, EXIT_USAGE};
 
@@ -202,9 +203,16 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
         documents.len()
     );
     for document in &documents {
+        // Each document stands for an upload request, the root of its own trace, as in the
+        // example backend's upload route: the enqueue, and through the task every delivery,
+        // belong to it.
+        let upload = tracing::info_span!(parent: None, "upload", otel.kind = "server");
+        let trace = app::trace_id(&upload);
         let enqueued = tokio::time::timeout_at(
             deadline.into(),
-            client.create_document_processing_task(document.document_id, &document.filename),
+            client
+                .create_document_processing_task(document.document_id, &document.filename)
+                .instrument(upload),
         )
         .await
         .map_err(|_| {
@@ -214,7 +222,7 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
             ))
         })??;
         println!(
-            "  {}  {:<24} -> task {}",
+            "  {}  {:<24} -> task {}  trace {trace}",
             document.document_id,
             quoted(&document.filename),
             short_task(enqueued.task_name())
@@ -310,8 +318,12 @@ async fn watch_deliveries(
             processed.insert(delivery.payload.document_id);
             "-> 200 processed"
         };
+        let trace = delivery.enqueued_in().map_or_else(
+            || "none".to_owned(),
+            |producer| producer.trace_id().to_string(),
+        );
         println!(
-            "  {} {}  {:<24} task {:<20}  retry {}{previous:<12}  OIDC token verified  {outcome}",
+            "  {} {}  {:<24} task {:<20}  retry {}{previous:<12}  trace {trace}  OIDC token verified  {outcome}",
             if simulated_failure { "✗" } else { "✓" },
             delivery.payload.document_id,
             quoted(&delivery.payload.filename),

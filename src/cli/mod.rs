@@ -7,12 +7,14 @@ mod documents;
 mod emulator;
 mod enqueue_batch;
 mod output;
+mod trace;
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use cloud_tasks::{CallOptions, CloudTasksClient, DocumentTask, Enqueued, Error, Settings, Uuid};
+use tracing::Instrument;
 
 /// Enqueue document-processing jobs on Google Cloud Tasks.
 ///
@@ -117,7 +119,7 @@ const EXIT_FAILED: u8 = 1;
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let tracing = trace::install();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -125,10 +127,11 @@ pub(crate) fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let code = runtime.block_on(run(cli));
+    let code = runtime.block_on(run(cli).instrument(trace::job_span()));
     // A blocking read of stdin (enqueue-batch from a stalled pipe, interrupted with Ctrl-C)
     // cannot be cancelled; waiting for it would hang the exit until more input arrives.
     runtime.shutdown_background();
+    tracing.shutdown();
     code
 }
 
@@ -140,16 +143,6 @@ fn report(error: &Error) -> ExitCode {
     } else {
         EXIT_FAILED
     })
-}
-
-/// Logs go to stderr and are off unless `RUST_LOG` asks for them, so stdout stays clean.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Each command reports its own outcome and picks its exit code.

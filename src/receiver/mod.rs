@@ -107,6 +107,14 @@ impl<T> Delivery<T> {
     pub async fn run(&self, work: impl Future<Output = TaskOutcome>) -> TaskOutcome {
         self.processing.run(&self.context.queue_name, work).await
     }
+
+    /// The span context the task was enqueued in (feature `opentelemetry`): from the
+    /// `x-enqueue-traceparent` header the enqueue side writes, else `traceparent`; `None` when
+    /// the task carries neither. Its trace ID is the upload's trace.
+    #[cfg(feature = "opentelemetry")]
+    pub fn enqueued_in(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        self.processing.producer()
+    }
 }
 
 /// Checks a Cloud Tasks request: the OIDC token first (nothing else is read from an

@@ -8,9 +8,7 @@
 
 use std::str::FromStr;
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{ENQUEUE_TRACEPARENT_HEADER, TRACEPARENT_HEADER, TRACESTATE_HEADER};
@@ -42,7 +40,10 @@ pub(crate) fn inject(headers: &mut Vec<(String, String)>) {
     let traceparent = traceparent(&context);
     let state = context.trace_state().header();
     let mut add = |name: &str, value: String| {
-        if !headers.iter().any(|(set, _)| set.eq_ignore_ascii_case(name)) {
+        if !headers
+            .iter()
+            .any(|(set, _)| set.eq_ignore_ascii_case(name))
+        {
             headers.push((name.to_owned(), value));
         }
     };
@@ -74,7 +75,10 @@ pub fn parse_traceparent(traceparent: &str, tracestate: Option<&str>) -> Option<
     let span_id = parts.next()?;
     let flags = parts.next()?;
     let is_hex = |field: &str, len: usize| {
-        field.len() == len && field.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        field.len() == len
+            && field
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
     };
     // Version 00 has exactly four fields; a later version may append more, read as 00.
     if !is_hex(version, 2)

@@ -119,7 +119,13 @@ pub(super) fn attempt_duration(
     duration: Duration,
     error: Option<&Error>,
 ) {
-    record_rpc(&instruments().attempt_duration, rpc, server, duration, error);
+    record_rpc(
+        &instruments().attempt_duration,
+        rpc,
+        server,
+        duration,
+        error,
+    );
 }
 
 pub(super) fn retry(rpc: &Rpc, error: &Error) {
@@ -134,7 +140,10 @@ pub(super) fn retry(rpc: &Rpc, error: &Error) {
 
 pub(super) fn task_outcome(server: &Server, result: &Result<Enqueued, Error>) {
     let system = KeyValue::new(attr::MESSAGING_SYSTEM, MESSAGING_SYSTEM_VALUE);
-    let queue = KeyValue::new(attr::MESSAGING_DESTINATION_NAME, server.metric_queue.clone());
+    let queue = KeyValue::new(
+        attr::MESSAGING_DESTINATION_NAME,
+        server.metric_queue.clone(),
+    );
     let counter = &instruments().sent_messages;
     match result {
         Ok(Enqueued::Created { .. }) => {
@@ -143,7 +152,11 @@ pub(super) fn task_outcome(server: &Server, result: &Result<Enqueued, Error>) {
         Ok(Enqueued::AlreadyExists { .. }) => {
             counter.add(
                 1,
-                &[system, queue, KeyValue::new(attr::OUTCOME, "already_exists")],
+                &[
+                    system,
+                    queue,
+                    KeyValue::new(attr::OUTCOME, "already_exists"),
+                ],
             );
         }
         Err(error) => {

@@ -336,7 +336,12 @@ impl AttemptRecord<'_> {
             record_error(&self.span, error);
         }
         #[cfg(feature = "opentelemetry")]
-        metrics::attempt_duration(self.call.rpc, self.call.server, self.started.elapsed(), error);
+        metrics::attempt_duration(
+            self.call.rpc,
+            self.call.server,
+            self.started.elapsed(),
+            error,
+        );
     }
 }
 

@@ -16,6 +16,8 @@ use crate::receiver::{TaskContext, TaskOutcome};
 pub(crate) struct Processing {
     span: Span,
     started: Instant,
+    #[cfg(feature = "opentelemetry")]
+    producer: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl Processing {
@@ -41,15 +43,25 @@ impl Processing {
             { attr::OUTCOME } = Empty,
         );
         #[cfg(feature = "opentelemetry")]
-        if let Some(producer) = super::context::extract(headers) {
-            tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, producer);
+        let producer = super::context::extract(headers);
+        #[cfg(feature = "opentelemetry")]
+        if let Some(producer) = &producer {
+            tracing_opentelemetry::OpenTelemetrySpanExt::add_link(&span, producer.clone());
         }
         #[cfg(not(feature = "opentelemetry"))]
         let _ = headers;
         Self {
             span,
             started: Instant::now(),
+            #[cfg(feature = "opentelemetry")]
+            producer,
         }
+    }
+
+    /// The context the task was enqueued in, as the delivery carries it.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn producer(&self) -> Option<&opentelemetry::trace::SpanContext> {
+        self.producer.as_ref()
     }
 
     /// The processing span.
