@@ -45,6 +45,9 @@
 //! - `cli`: the `cloud-tasks` command-line tool.
 //! - `receiver`: [`receiver`], the receiving side: OIDC token verification and the Cloud Tasks
 //!   request headers, for the backend's task handler.
+//! - `opentelemetry`: the trace context written into each task's headers and restored by the
+//!   receiver, and metrics through OpenTelemetry's metrics API ([`telemetry`] names them). The
+//!   spans are `tracing`'s, with or without it.
 //! - `demo`: `cloud-tasks demo` and `cloud-tasks emulator`, with the embedded emulator
 //!   (see `docs/LOCAL_DEVELOPMENT.md`).
 //!

@@ -27,6 +27,7 @@ pub(super) struct Instruments {
     sent_messages: Counter<u64>,
     retries: Counter<u64>,
     pace: Gauge<f64>,
+    #[cfg(feature = "receiver")]
     pub(super) process_duration: Histogram<f64>,
 }
 
@@ -62,6 +63,7 @@ pub(super) fn instruments() -> &'static Instruments {
                 .with_unit("{message}/s")
                 .with_description("The bulk enqueue's pace under its rate limit")
                 .build(),
+            #[cfg(feature = "receiver")]
             process_duration: meter
                 .f64_histogram(name::PROCESS_DURATION)
                 .with_unit("s")

@@ -158,6 +158,8 @@ impl Server {
             .as_ref()
             .and_then(url::Url::port_or_known_default)
             .unwrap_or(443);
+        #[cfg(not(feature = "opentelemetry"))]
+        let _ = queue;
         Self {
             #[cfg(feature = "opentelemetry")]
             metric_address: std::sync::Arc::<str>::from(address.as_str()).into(),
