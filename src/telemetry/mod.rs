@@ -1,5 +1,5 @@
 //! What the crate tells an observer, from one layer around each call (`ARCHITECTURE.md`,
-//! "Observability").
+//! "Observability from one layer"; the README's "Observability" lists every name).
 //!
 //! - Spans, always, with `tracing` (nothing is recorded without a subscriber): one per logical
 //!   call ([`Call`], made by the client) and one per attempt ([`Call::attempt`], made by
