@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(doc)]
+use crate::CloudTasksClient;
 use crate::transport::{NotSent, NotSentReason};
 
 /// Everything that can go wrong when building a client or enqueuing a task.
@@ -219,6 +221,13 @@ impl Error {
         self.code() == Some(Code::InvalidArgument)
     }
 
+    /// The endpoint does not implement the call (an emulator without it, or another server
+    /// that is not Cloud Tasks): nothing was done. [`CloudTasksClient::enqueue_all`] and
+    /// [`CloudTasksClient::batch_enqueuer`] handle a missing `BatchCreateTasks` themselves.
+    pub fn is_unimplemented(&self) -> bool {
+        self.code() == Some(Code::Unimplemented)
+    }
+
     /// The call carried no valid credentials.
     pub fn is_unauthenticated(&self) -> bool {
         self.code() == Some(Code::Unauthenticated)
@@ -304,9 +313,8 @@ pub(crate) struct CallContext<'a> {
     pub(crate) endpoint: &'a str,
     pub(crate) queue: &'a str,
     pub(crate) service_account: &'a str,
-    /// A call on tasks other than creating them: NOT_FOUND then means the task is absent, and
-    /// PERMISSION_DENIED names that call's permission rather than the enqueuer's.
-    pub(crate) task_call: Option<TaskCall<'a>>,
+    /// The RPC the status answers.
+    pub(crate) call: Call<'a>,
 }
 
 /// Turns a status from Cloud Tasks into an [`Error`] whose message says what to do.
@@ -317,7 +325,7 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
         endpoint,
         queue,
         service_account,
-        task_call,
+        call,
     } = call;
     if let Some(reason) = cause::<NotSent>(&status).map(|not_sent| not_sent.reason) {
         let endpoint = endpoint.to_owned();
@@ -340,27 +348,26 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
     let detail = status.message();
     let (project_location, queue_id) = queue.rsplit_once("/queues/").unwrap_or((queue, queue));
     let message = match status.code() {
-        Code::NotFound => match task_call {
-            Some(TaskCall::Get(task) | TaskCall::Delete(task) | TaskCall::Run(task)) => format!(
+        Code::NotFound => match call {
+            Call::GetTask(task) | Call::DeleteTask(task) | Call::RunTask(task) => format!(
                 "task {task} does not exist: it was never enqueued (or under another dedupe \
                  key), or it already finished or was deleted (Cloud Tasks keeps no finished \
                  task). A missing queue is answered the same way, so if no task is ever found, \
                  check CLOUD_TASKS_QUEUE / GCP_LOCATION / GCP_PROJECT_ID ({detail})"
             ),
-            Some(TaskCall::List) | None => format!(
+            Call::CreateTask | Call::BatchCreateTasks | Call::GetOperation | Call::ListTasks => {
+                format!(
                 "queue {queue_id:?} does not exist in {project_location}: create it \
                  (`gcloud tasks queues create {queue_id}`) or fix CLOUD_TASKS_QUEUE / \
                  GCP_LOCATION / GCP_PROJECT_ID ({detail})"
-            ),
-        },
-        Code::PermissionDenied => match task_call {
-            Some(task_call) => {
-                let (permission, role) = task_call.permission();
-                format!(
-                    "permission denied: the caller needs {permission} on {queue} (e.g. {role}) \
-                     ({detail})"
                 )
             }
+        },
+        Code::PermissionDenied => match call.permission() {
+            Some((permission, role)) => format!(
+                "permission denied: the caller needs {permission} on {queue} (e.g. {role}) \
+                 ({detail})"
+            ),
             None => format!(
                 "permission denied: the caller needs roles/cloudtasks.enqueuer on {queue} and \
                  roles/iam.serviceAccountUser (iam.serviceAccounts.actAs) on the OIDC service \
@@ -389,33 +396,65 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
             "Cloud Tasks quota exhausted for {queue}: {detail}. Slow down and retry later, or \
              raise the quota"
         ),
+        // The server processed nothing: an endpoint that is not Cloud Tasks itself (an
+        // emulator, a proxy) without this method, or a path no gRPC server serves.
+        Code::Unimplemented => {
+            let method = call.method();
+            format!(
+                "{endpoint} does not implement {method} (UNIMPLEMENTED: {detail}): an emulator \
+                 without {method}, or another server that is not Cloud Tasks; nothing was done. \
+                 Use Cloud Tasks, or an emulator that implements {method}, for this call"
+            )
+        }
         code => format!("Cloud Tasks call failed ({code:?}): {detail}"),
     };
     Error::Rpc { message, status }
 }
 
-/// A call on the tasks of the queue rather than one that creates them: what a NOT_FOUND or a
-/// PERMISSION_DENIED means depends on it.
+/// The RPC a status answers: messages name it, and what NOT_FOUND and PERMISSION_DENIED mean
+/// depends on it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum TaskCall<'a> {
+pub(crate) enum Call<'a> {
+    /// `CreateTask` on the queue.
+    CreateTask,
+    /// `BatchCreateTasks` on the queue.
+    BatchCreateTasks,
+    /// `GetOperation` on a `BatchCreateTasks` operation.
+    GetOperation,
     /// `GetTask` on this task name.
-    Get(&'a str),
+    GetTask(&'a str),
     /// `DeleteTask` on this task name.
-    Delete(&'a str),
+    DeleteTask(&'a str),
     /// `RunTask` on this task name.
-    Run(&'a str),
+    RunTask(&'a str),
     /// `ListTasks` on the queue.
-    List,
+    ListTasks,
 }
 
-impl TaskCall<'_> {
-    /// The IAM permission the call needs, and the narrowest predefined role that grants it.
-    fn permission(self) -> (&'static str, &'static str) {
+impl Call<'_> {
+    /// The RPC's name, as the service defines it.
+    pub(crate) const fn method(self) -> &'static str {
         match self {
-            Self::Get(_) => ("cloudtasks.tasks.get", "roles/cloudtasks.viewer"),
-            Self::Delete(_) => ("cloudtasks.tasks.delete", "roles/cloudtasks.taskDeleter"),
-            Self::Run(_) => ("cloudtasks.tasks.run", "roles/cloudtasks.taskRunner"),
-            Self::List => ("cloudtasks.tasks.list", "roles/cloudtasks.viewer"),
+            Self::CreateTask => "CreateTask",
+            Self::BatchCreateTasks => "BatchCreateTasks",
+            Self::GetOperation => "GetOperation",
+            Self::GetTask(_) => "GetTask",
+            Self::DeleteTask(_) => "DeleteTask",
+            Self::RunTask(_) => "RunTask",
+            Self::ListTasks => "ListTasks",
+        }
+    }
+
+    /// For a call on existing tasks, the IAM permission it needs and the narrowest predefined
+    /// role that grants it; `None` for the calls that create tasks (and the operation they
+    /// start), which need the enqueuer's permissions.
+    fn permission(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            Self::GetTask(_) => Some(("cloudtasks.tasks.get", "roles/cloudtasks.viewer")),
+            Self::DeleteTask(_) => Some(("cloudtasks.tasks.delete", "roles/cloudtasks.taskDeleter")),
+            Self::RunTask(_) => Some(("cloudtasks.tasks.run", "roles/cloudtasks.taskRunner")),
+            Self::ListTasks => Some(("cloudtasks.tasks.list", "roles/cloudtasks.viewer")),
+            Self::CreateTask | Self::BatchCreateTasks | Self::GetOperation => None,
         }
     }
 }
@@ -659,7 +698,7 @@ mod tests {
             endpoint: "http://127.0.0.1:1",
             queue: "projects/p/locations/l/queues/q",
             service_account: "a@p.iam.gserviceaccount.com",
-            task_call: None,
+            call: Call::CreateTask,
         };
         let status = tonic::Status::with_details(
             tonic::Code::PermissionDenied,

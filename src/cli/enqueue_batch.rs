@@ -161,6 +161,8 @@ async fn enqueue_all(args: EnqueueBatchArgs) -> Result<u8, Error> {
         .with_call_options(CallOptions::new().with_total_timeout(args.timeout));
     let enqueuer = client.batch_enqueuer(options);
     let mut run = Run {
+        client,
+        said_one_per_call: false,
         counts: Counts::default(),
         in_flight: 0,
         rate_limit: enqueuer.current_rate(),
@@ -185,6 +187,9 @@ enum Stop {
 }
 
 struct Run {
+    client: CloudTasksClient,
+    /// Whether the switch to one CreateTask per document was announced.
+    said_one_per_call: bool,
     counts: Counts,
     /// Documents handed to the enqueuer whose outcome has not come back yet.
     in_flight: u64,
@@ -311,6 +316,15 @@ impl Run {
         }
         if let Some(progress) = &self.progress {
             progress.set_message(self.progress_message());
+        }
+        if !self.said_one_per_call && self.client.batch_create_tasks_unimplemented() {
+            self.said_one_per_call = true;
+            self.println_stderr(&format!(
+                "note: {} does not implement BatchCreateTasks (it answered UNIMPLEMENTED, as an \
+                 emulator without it does, and processed nothing): sending one CreateTask per \
+                 document instead, at the same pace and concurrency",
+                self.client.endpoint()
+            ));
         }
     }
 
