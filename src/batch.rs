@@ -476,7 +476,10 @@ impl CloudTasksClient {
         let mut stub = self
             .raw_stub()
             .max_decoding_message_size(MAX_BATCH_RESPONSE_BYTES);
-        self.map_response(stub.batch_create_tasks(request).await, Call::BatchCreateTasks)
+        self.map_response(
+            stub.batch_create_tasks(request).await,
+            Call::BatchCreateTasks,
+        )
     }
 
     /// One `GetOperation` attempt for an operation of this client's queue.
@@ -741,7 +744,8 @@ impl CloudTasksClient {
             Some(operation::Result::Error(status)) => (Vec::new(), Some(rpc_status(status))),
             None => (Vec::new(), None),
         };
-        let batch_error = batch_error.map(|status| self.status_error(status, Call::BatchCreateTasks));
+        let batch_error =
+            batch_error.map(|status| self.status_error(status, Call::BatchCreateTasks));
         let mut created = CreatedTasks::new(created, &sent);
         sent.into_iter()
             .enumerate()
@@ -769,7 +773,7 @@ impl CloudTasksClient {
                     || {
                         Err(self.status_error(
                             tonic::Status::unknown(
-                            "BatchCreateTasks finished without reporting this task as failed, \
+                                "BatchCreateTasks finished without reporting this task as failed, \
                              but returned no created task with its name or content; the task \
                              may or may not exist",
                             ),

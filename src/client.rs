@@ -142,7 +142,9 @@ impl CloudTasksClient {
     /// asking again in every bulk enqueue would cost a refused call each time. A server that
     /// gains the method later is only used less efficiently until the client is rebuilt.
     pub fn batch_create_tasks_unimplemented(&self) -> bool {
-        self.inner.batch_create_unimplemented.load(Ordering::Relaxed)
+        self.inner
+            .batch_create_unimplemented
+            .load(Ordering::Relaxed)
     }
 
     /// Remembers that the endpoint does not implement `BatchCreateTasks`; `true` for the call

@@ -357,7 +357,7 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
             ),
             Call::CreateTask | Call::BatchCreateTasks | Call::GetOperation | Call::ListTasks => {
                 format!(
-                "queue {queue_id:?} does not exist in {project_location}: create it \
+                    "queue {queue_id:?} does not exist in {project_location}: create it \
                  (`gcloud tasks queues create {queue_id}`) or fix CLOUD_TASKS_QUEUE / \
                  GCP_LOCATION / GCP_PROJECT_ID ({detail})"
                 )
@@ -451,7 +451,9 @@ impl Call<'_> {
     fn permission(self) -> Option<(&'static str, &'static str)> {
         match self {
             Self::GetTask(_) => Some(("cloudtasks.tasks.get", "roles/cloudtasks.viewer")),
-            Self::DeleteTask(_) => Some(("cloudtasks.tasks.delete", "roles/cloudtasks.taskDeleter")),
+            Self::DeleteTask(_) => {
+                Some(("cloudtasks.tasks.delete", "roles/cloudtasks.taskDeleter"))
+            }
             Self::RunTask(_) => Some(("cloudtasks.tasks.run", "roles/cloudtasks.taskRunner")),
             Self::ListTasks => Some(("cloudtasks.tasks.list", "roles/cloudtasks.viewer")),
             Self::CreateTask | Self::BatchCreateTasks | Self::GetOperation => None,
@@ -714,5 +716,41 @@ mod tests {
             source.downcast_ref::<tonic::Status>().unwrap().message(),
             "denied"
         );
+    }
+
+    /// UNIMPLEMENTED reads the same for every call: the endpoint, the call it lacks, and that
+    /// nothing was done (so nothing may exist).
+    #[test]
+    fn unimplemented_names_the_call_and_the_endpoint() {
+        let task = "projects/p/locations/l/queues/q/tasks/t";
+        for call in [
+            Call::CreateTask,
+            Call::BatchCreateTasks,
+            Call::GetOperation,
+            Call::GetTask(task),
+            Call::DeleteTask(task),
+            Call::RunTask(task),
+            Call::ListTasks,
+        ] {
+            let context = CallContext {
+                endpoint: "http://127.0.0.1:9022",
+                queue: "projects/p/locations/l/queues/q",
+                service_account: "a@p.iam.gserviceaccount.com",
+                call,
+            };
+            let error = from_status(tonic::Status::unimplemented("Method not found!"), context);
+            let method = call.method();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "http://127.0.0.1:9022 does not implement {method} (UNIMPLEMENTED: Method \
+                     not found!): an emulator without {method}, or another server that is not \
+                     Cloud Tasks; nothing was done. Use Cloud Tasks, or an emulator that \
+                     implements {method}, for this call"
+                )
+            );
+            assert!(error.is_unimplemented());
+            assert!(!error.task_may_exist(), "{method}");
+        }
     }
 }

@@ -113,10 +113,7 @@ impl Handler {
         };
         let deliveries = received.deliveries.clone();
         let router = axum::Router::new()
-            .route(
-                "/api/tasks/process-document",
-                axum::routing::post(receive),
-            )
+            .route("/api/tasks/process-document", axum::routing::post(receive))
             .with_state(received);
         tokio::spawn(async move { axum::serve(listener, router).await });
         Self {
@@ -174,7 +171,10 @@ async fn assert_delivered_once(
         .iter()
         .filter(|(id, _)| deliveries.get(id) != Some(&1))
         .collect();
-    assert!(not_once.is_empty(), "not delivered exactly once: {not_once:?}");
+    assert!(
+        not_once.is_empty(),
+        "not delivered exactly once: {not_once:?}"
+    );
     assert_eq!(deliveries.len(), each.len(), "deliveries: {deliveries:?}");
 }
 
@@ -246,7 +246,10 @@ async fn enqueue_batch_in_its_default_mode_sends_one_task_per_call_and_says_why(
         stderr.contains("sending one CreateTask per document instead"),
         "{stderr}"
     );
-    assert!(stderr.contains("300 created, 0 already enqueued, 0 failed"), "{stderr}");
+    assert!(
+        stderr.contains("300 created, 0 already enqueued, 0 failed"),
+        "{stderr}"
+    );
     assert_delivered_once(&mut handler, &client, &documents).await;
 }
 
@@ -270,4 +273,24 @@ async fn status_and_cancel_say_which_call_the_emulator_lacks() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
     assert_eq!(*handler.total.borrow(), 0);
+}
+
+/// The emulator does not de-duplicate named tasks: `enqueue --dedupe` of the same document
+/// twice creates and delivers two tasks, where Cloud Tasks answers the second with
+/// ALREADY_EXISTS. docs/LOCAL_DEVELOPMENT.md and `--dedupe`'s help say so; this test keeps
+/// them true for the pinned version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_does_not_de_duplicate_named_tasks() {
+    let (emulator, mut handler, _client) = setup().await;
+    let document = Uuid::new_v4().to_string();
+    for _ in 0..2 {
+        let mut command = cli(&emulator, &handler);
+        command.args(["enqueue", "--dedupe", "--document-id", &document]);
+        command.args(["--filename", "a.pdf"]);
+        let (output, stderr) = output(command).await;
+        assert!(output.status.success(), "{stderr}");
+        assert!(!stderr.contains("already enqueued"), "{stderr}");
+    }
+    let deliveries = handler.wait_for(2).await;
+    assert_eq!(deliveries.get(&document.parse().unwrap()), Some(&2));
 }
