@@ -18,6 +18,12 @@
 //!   instead of making Cloud Tasks reject its whole batch.
 //! - Tasks of a batch that failed as a whole each get a clone of its error (`Error` is cheap to
 //!   clone: its causes are shared), so every task's outcome keeps `source()`.
+//! - An endpoint that answers `BatchCreateTasks` with UNIMPLEMENTED (an emulator without it)
+//!   processed nothing, so the batch's tasks go one `CreateTask` each, within the pace the
+//!   batch reserved and in its place among the calls in flight; the client remembers it
+//!   ([`CloudTasksClient::batch_create_tasks_unimplemented`]) and sends every later batch that
+//!   way. Not after an attempt that may have created the tasks (a lost answer, then
+//!   UNIMPLEMENTED on the resend): sending them again could create each twice.
 //! - Retries follow the crate's one policy (`retry.rs`): a batch is idempotent thanks to its
 //!   `request_id`, and polling an operation is a read, so both are retried on transient
 //!   failures; per-task mode retries exactly as `enqueue` does. A batch that still
@@ -76,6 +82,8 @@ pub enum EnqueueMode {
     /// `BatchCreateTasks` with up to [`MAX_BATCH_SIZE`] tasks a call (the default).
     Batch,
     /// One `CreateTask` call per task, for servers or queues where batching is not wanted.
+    /// (Batch mode sends one `CreateTask` per task by itself where the endpoint does not
+    /// implement `BatchCreateTasks`.)
     PerTask,
 }
 
@@ -155,7 +163,8 @@ impl BatchOptions {
     /// [`DocumentTask::deduplicated`] does, so a document that was already enqueued within
     /// about an hour is reported as [`Enqueued::AlreadyExists`] instead of being enqueued twice.
     /// Applies to [`DocumentTask`]s, not to [`HttpTask`]s, which carry their own ID if they
-    /// want one.
+    /// want one. The de-duplication is Cloud Tasks' own: an endpoint that ignores task names
+    /// (some emulators do) creates the task again.
     pub const fn with_dedupe(mut self, dedupe: bool) -> Self {
         self.dedupe = dedupe;
         self

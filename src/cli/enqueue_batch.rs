@@ -33,13 +33,17 @@ pub(crate) struct EnqueueBatchArgs {
     input: PathBuf,
     /// Name each task after its document, so a document enqueued within about the last hour is
     /// skipped ("already enqueued"): rerunning the same file after an interruption enqueues
-    /// only what is missing.
+    /// only what is missing. The de-duplication is Cloud Tasks' own: it holds only where the
+    /// endpoint implements it (some emulators create a second task with the same name; see
+    /// docs/LOCAL_DEVELOPMENT.md).
     #[arg(long)]
     dedupe: bool,
     /// Calls in flight at once (default 8 batches of 100, or 64 single calls with --per-task).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
     concurrency: Option<u16>,
-    /// One CreateTask call per document instead of BatchCreateTasks.
+    /// One CreateTask call per document instead of BatchCreateTasks (which the command also
+    /// falls back to, at the batch mode's concurrency, where the endpoint lacks
+    /// BatchCreateTasks).
     #[arg(long)]
     per_task: bool,
     /// Create at most N tasks per second: the ramp stops growing at N (and starts at N if N is
