@@ -109,6 +109,8 @@ struct State {
     shuffle_created: bool,
     /// Operations are forgotten once answered, as if they had expired.
     expire_operations: bool,
+    /// RPCs answered UNIMPLEMENTED, by name.
+    unimplemented: HashSet<&'static str>,
 }
 
 /// A token bucket of tasks, as Cloud Tasks' quota refuses calls past a rate: a call of `n`
@@ -240,6 +242,26 @@ impl MockCloudTasks {
     /// Only these queues exist (full paths); `CreateTask` on any other is NOT_FOUND.
     pub fn set_queues<I: IntoIterator<Item = S>, S: Into<String>>(&self, queues: I) {
         self.lock().queues = Some(queues.into_iter().map(Into::into).collect());
+    }
+
+    /// Answers these RPCs (by name: `"BatchCreateTasks"`, `"GetTask"`...) with UNIMPLEMENTED
+    /// from now on, as a server without them does (an emulator); they are still recorded.
+    ///
+    /// # Panics
+    /// On a name that is not one of the RPCs the client makes.
+    pub fn set_unimplemented<'a>(&self, methods: impl IntoIterator<Item = &'a str>) {
+        let unimplemented = methods
+            .into_iter()
+            .map(|method| {
+                MOCKED_METHODS
+                    .into_iter()
+                    .find(|known| *known == method)
+                    .unwrap_or_else(|| {
+                        panic!("{method:?} is none of the mock's RPCs: {MOCKED_METHODS:?}")
+                    })
+            })
+            .collect();
+        self.lock().unimplemented = unimplemented;
     }
 
     /// Queues a fault for the next call that has none yet; faults apply in order.
@@ -646,6 +668,7 @@ impl CloudTasks for Service {
                 });
             }
         }
+        implemented(&self.state, "CreateTask")?;
         self.check_quota(1)?;
         match self.next_fault().await {
             Some(Fault::Reject(code, text)) => Err(status(code, text)),
@@ -674,6 +697,7 @@ impl CloudTasks for Service {
                 });
             }
         }
+        implemented(&self.state, "BatchCreateTasks")?;
         self.check_quota(message.requests.len())?;
         match self.next_fault().await {
             Some(Fault::Reject(code, text)) => Err(status(code, text)),
@@ -696,6 +720,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        implemented(&self.state, "GetTask")?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let task = lock(&self.state).task_mut(&message.name)?.clone();
@@ -713,6 +738,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        implemented(&self.state, "DeleteTask")?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let mut state = lock(&self.state);
@@ -733,6 +759,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        implemented(&self.state, "RunTask")?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         // No dispatch happens here: the task counts one more attempt, dispatched now, and stays.
@@ -763,6 +790,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        implemented(&self.state, "ListTasks")?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let state = lock(&self.state);
@@ -811,6 +839,25 @@ impl CloudTasks for Service {
     }
 }
 
+/// The RPCs the mock serves, by name.
+const MOCKED_METHODS: [&str; 7] = [
+    "CreateTask",
+    "BatchCreateTasks",
+    "GetOperation",
+    "GetTask",
+    "DeleteTask",
+    "RunTask",
+    "ListTasks",
+];
+
+/// UNIMPLEMENTED if the test took `method` away, as gRPC servers answer a method they lack.
+fn implemented(state: &Mutex<State>, method: &str) -> Result<(), Status> {
+    if lock(state).unimplemented.contains(method) {
+        return Err(Status::unimplemented(format!("Method not found: {method}")));
+    }
+    Ok(())
+}
+
 /// Records a call unless the server forgets its history.
 fn record<T: Clone>(
     state: &Mutex<State>,
@@ -857,13 +904,17 @@ impl Operations for OperationsService {
         request: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
         let (metadata, _, message) = request.into_parts();
-        let mut state = lock(&self.state);
-        if !state.forget_history {
-            state.get_operation_calls.push(Recorded {
-                metadata: metadata.into_headers(),
-                message: message.clone(),
-            });
+        {
+            let mut state = lock(&self.state);
+            if !state.forget_history {
+                state.get_operation_calls.push(Recorded {
+                    metadata: metadata.into_headers(),
+                    message: message.clone(),
+                });
+            }
         }
+        implemented(&self.state, "GetOperation")?;
+        let mut state = lock(&self.state);
         let operation = state
             .operations
             .get_mut(&message.name)

@@ -707,3 +707,37 @@ async fn unimplemented_after_an_attempt_that_may_have_created_the_tasks_is_not_a
     let stored = stored_per_document(&server);
     assert!(input.iter().all(|d| stored.get(&d.document_id) == Some(&1)));
 }
+
+/// A server that accepts batches but cannot be asked about their operations (GetOperation
+/// UNIMPLEMENTED): the batch was accepted, so its tasks may exist and are not sent again.
+#[tokio::test]
+async fn an_accepted_batch_whose_operation_cannot_be_read_is_not_sent_again() {
+    let (server, client) = mock_and_client().await;
+    server.set_operation_polls(1);
+    server.set_unimplemented(["GetOperation"]);
+    let input = documents(5);
+
+    let outcomes = client
+        .enqueue_all(
+            input.clone(),
+            BatchOptions::new().with_rate_limit(RateLimit::none()),
+        )
+        .await;
+
+    for outcome in &outcomes {
+        let error = outcome.as_ref().unwrap_err();
+        assert!(matches!(error, Error::OperationLost { .. }), "{error:?}");
+        assert!(error.task_may_exist());
+        assert!(
+            error
+                .to_string()
+                .contains("does not implement GetOperation"),
+            "{error}"
+        );
+    }
+    assert_eq!(server.get_operation_calls().len(), 1, "not retried");
+    assert!(server.create_task_calls().is_empty(), "no task sent again");
+    assert!(!client.batch_create_tasks_unimplemented());
+    let stored = stored_per_document(&server);
+    assert!(input.iter().all(|d| stored.get(&d.document_id) == Some(&1)));
+}
