@@ -128,6 +128,8 @@ const RUN_ENQUEUER: &str = "google_cloud_run_v2_service.backend: its runtime acc
 const RUN_ACT_AS: &str = "google_cloud_run_v2_service.backend: its runtime account has no roles/iam.serviceAccountUser on the account in CLOUD_RUN_SERVICE_ACCOUNT, so tasks with that OIDC account are refused; add a google_service_account_iam_member with service_account_id = google_service_account.INVOKER.name and member = google_service_account.RUNTIME.member";
 const RUN_INVOKER: &str = "google_cloud_run_v2_service.backend: the account in CLOUD_RUN_SERVICE_ACCOUNT has no roles/run.invoker on this service, so every dispatch gets 403; add a google_cloud_run_v2_service_iam_member with name = google_cloud_run_v2_service.backend.name and member = google_service_account.INVOKER.member";
 
+const RUN_OPERATIONS: &str = "google_cloud_run_v2_service.backend: its runtime account cannot read Cloud Tasks operations (cloudtasks.operations.get on the project), so a batch whose operation is not done at once fails; add a google_project_iam_custom_role with permissions = [\"cloudtasks.operations.get\"] and a google_project_iam_member with role = google_project_iam_custom_role.ROLE.id and member = google_service_account.RUNTIME.member";
+
 fn broad(address: &str, role: &str) -> String {
     format!(
         "{address}: role {role} granted on the whole project; grant it on the one queue, service account or Cloud Run service that needs it, or use a narrower literal role"
@@ -200,6 +202,15 @@ denied! {
         public("locals.anyone", "allUsers"),
         RUN_INVOKER,
     ];
+    operation_reader_for_the_wrong_account: [("iam.tf", "member  = google_service_account.backend_runtime.member", "member  = google_service_account.task_invoker.member")] => [RUN_OPERATIONS];
+    /// A role of the module granted on the project may hold only permissions that reach no
+    /// further than what they are for.
+    operation_reader_role_holding_more: [("iam.tf", "permissions = [\"cloudtasks.operations.get\"]", "permissions = [\"cloudtasks.operations.get\", \"cloudtasks.tasks.delete\"]")]
+        => [broad("google_project_iam_member.backend_operation_reader", "${google_project_iam_custom_role.operation_reader.id}")];
+    operation_reader_role_not_declared: [("iam.tf", "role    = google_project_iam_custom_role.operation_reader.id", "role    = google_project_iam_custom_role.other.id")]
+        => [RUN_OPERATIONS, broad("google_project_iam_member.backend_operation_reader", "${google_project_iam_custom_role.other.id}")];
+    /// The custom role's `name` is the same reference as its `id`.
+    operation_reader_by_name: [("iam.tf", "role    = google_project_iam_custom_role.operation_reader.id", "role    = google_project_iam_custom_role.operation_reader.name")] => [];
     missing_output: [("outputs.tf", "output \"cloud_run_service_url\"", "output \"service_url\"")]
         => ["output \"cloud_run_service_url\": missing; add it with the value the Cloud Run service gets as CLOUD_RUN_SERVICE_URL"];
     output_that_differs_from_the_environment: [("outputs.tf", "google_service_account.task_invoker.email", "google_service_account.backend_runtime.email")]
