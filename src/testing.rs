@@ -339,11 +339,15 @@ impl MockCloudTasks {
     /// (`projects/p/locations/l/operations/...`, which no queue grant covers); GetTask,
     /// DeleteTask, RunTask `cloudtasks.tasks.get` / `.delete` / `.run` on the task; ListTasks
     /// `cloudtasks.tasks.list` on the queue.
-    pub fn grant<I: IntoIterator<Item = S>, S: Into<String>>(&self, resource: &str, permissions: I) {
-        self.lock()
-            .grants
-            .get_or_insert_with(Vec::new)
-            .push((resource.to_owned(), permissions.into_iter().map(Into::into).collect()));
+    pub fn grant<I: IntoIterator<Item = S>, S: Into<String>>(
+        &self,
+        resource: &str,
+        permissions: I,
+    ) {
+        self.lock().grants.get_or_insert_with(Vec::new).push((
+            resource.to_owned(),
+            permissions.into_iter().map(Into::into).collect(),
+        ));
     }
 
     /// Every `GetTask` request received, in order, including rejected ones.
@@ -462,8 +466,10 @@ impl State {
             if request.response_view == i32::from(pb::task::View::Full) {
                 self.require(FULL_VIEW.permission, parent)?;
             }
-            if let Some(pb::task::MessageType::HttpRequest(http)) =
-                request.task.as_ref().and_then(|task| task.message_type.as_ref())
+            if let Some(pb::task::MessageType::HttpRequest(http)) = request
+                .task
+                .as_ref()
+                .and_then(|task| task.message_type.as_ref())
                 && let Some(pb::http_request::AuthorizationHeader::OidcToken(token)) =
                     &http.authorization_header
             {

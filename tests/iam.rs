@@ -149,7 +149,10 @@ fn runtime_grants(files: &[(String, String)]) -> Vec<Grant> {
         .iter()
         .filter(|(kind, _, _)| kind == "google_cloud_tasks_queue")
         .count();
-    assert_eq!(queues, 1, "the test maps the module's one queue to {QUEUE_PATH}");
+    assert_eq!(
+        queues, 1,
+        "the test maps the module's one queue to {QUEUE_PATH}"
+    );
 
     let mut grants = Vec::new();
     for (kind, name, body) in &resources {
@@ -282,10 +285,7 @@ fn first_error<T>(outcomes: &[Result<T, cloud_tasks::Error>]) -> Option<String> 
 /// done at first (two polls), so the bulk paths must read it with GetOperation.
 async fn run_paths(grants: &[Grant]) -> Vec<Report> {
     let server = MockCloudTasks::start().await.unwrap();
-    let client: CloudTasksClient = builder()
-        .with_emulator_host(server.host())
-        .build()
-        .unwrap();
+    let client: CloudTasksClient = builder().with_emulator_host(server.host()).build().unwrap();
     // A de-duplicated task for the document paths, created before any grant applies.
     let seeded = Uuid::new_v4();
     client
@@ -371,7 +371,12 @@ async fn run_paths(grants: &[Grant]) -> Vec<Report> {
         None,
     )
     .await;
-    report("cloud-tasks enqueue --dedupe", cli_error(&output), 1, before);
+    report(
+        "cloud-tasks enqueue --dedupe",
+        cli_error(&output),
+        1,
+        before,
+    );
 
     let before = count();
     let lines: String = (0..BATCH)
@@ -383,12 +388,23 @@ async fn run_paths(grants: &[Grant]) -> Vec<Report> {
         })
         .collect();
     let output = cli(&server, &["enqueue-batch", "-"], Some(lines)).await;
-    report("cloud-tasks enqueue-batch", cli_error(&output), BATCH, before);
+    report(
+        "cloud-tasks enqueue-batch",
+        cli_error(&output),
+        BATCH,
+        before,
+    );
 
     for (path, args) in [
-        ("cloud-tasks status", ["status", "--document-id", seeded.as_str()]),
+        (
+            "cloud-tasks status",
+            ["status", "--document-id", seeded.as_str()],
+        ),
         ("cloud-tasks run", ["run", "--document-id", seeded.as_str()]),
-        ("cloud-tasks cancel", ["cancel", "--document-id", seeded.as_str()]),
+        (
+            "cloud-tasks cancel",
+            ["cancel", "--document-id", seeded.as_str()],
+        ),
     ] {
         let before = count();
         let output = cli(&server, &args, None).await;
@@ -438,12 +454,18 @@ async fn the_runtime_accounts_grants_cover_every_enqueue_path() {
     let reports = run_paths(&grants).await;
     assert_eq!(reports.len(), 10);
     let docs = [
-        ("infrastructure/terraform/iam.tf", read("infrastructure/terraform/iam.tf")),
+        (
+            "infrastructure/terraform/iam.tf",
+            read("infrastructure/terraform/iam.tf"),
+        ),
         ("infrastructure/README.md", read("infrastructure/README.md")),
         ("README.md", read("README.md")),
     ];
     for report in &reports {
-        match OPERATOR_PATHS.iter().find(|(path, _, _)| *path == report.path) {
+        match OPERATOR_PATHS
+            .iter()
+            .find(|(path, _, _)| *path == report.path)
+        {
             None => {
                 assert_eq!(report.error, None, "{}", report.path);
                 assert_eq!(report.created, report.creates, "{}", report.path);
@@ -504,8 +526,14 @@ async fn without_the_operation_reader_grant_batches_cannot_learn_their_outcome()
     for path in BULK_PATHS {
         let report = report(&reports, path);
         let error = report.error.as_deref().expect(path);
-        assert!(error.contains("cloudtasks.operations.get"), "{path}: {error}");
-        assert!(error.contains("cloudTasksOperationReader"), "{path}: {error}");
+        assert!(
+            error.contains("cloudtasks.operations.get"),
+            "{path}: {error}"
+        );
+        assert!(
+            error.contains("cloudTasksOperationReader"),
+            "{path}: {error}"
+        );
         assert!(error.contains("may or may not exist"), "{path}: {error}");
         // The batches were accepted: Cloud Tasks holds their tasks.
         assert_eq!(report.created, report.creates, "{path}");
@@ -528,7 +556,10 @@ async fn without_the_enqueuer_grant_nothing_is_created() {
         let report = report(&reports, path);
         let error = report.error.as_deref().expect(path);
         assert!(error.contains("cloudtasks.tasks.create"), "{path}: {error}");
-        assert!(error.contains("roles/cloudtasks.enqueuer"), "{path}: {error}");
+        assert!(
+            error.contains("roles/cloudtasks.enqueuer"),
+            "{path}: {error}"
+        );
         assert_eq!(report.created, 0, "{path}");
     }
 }
@@ -545,8 +576,14 @@ async fn without_act_as_on_the_invoker_nothing_is_created() {
     for path in SINGLE_PATHS.into_iter().chain(BULK_PATHS) {
         let report = report(&reports, path);
         let error = report.error.as_deref().expect(path);
-        assert!(error.contains("iam.serviceAccounts.actAs"), "{path}: {error}");
-        assert!(error.contains("roles/iam.serviceAccountUser"), "{path}: {error}");
+        assert!(
+            error.contains("iam.serviceAccounts.actAs"),
+            "{path}: {error}"
+        );
+        assert!(
+            error.contains("roles/iam.serviceAccountUser"),
+            "{path}: {error}"
+        );
         assert_eq!(report.created, 0, "{path}");
     }
 }

@@ -139,4 +139,3 @@ pub fn broken(edits: &[(&str, &str, &str)]) -> Vec<(String, String)> {
     }
     files
 }
-
