@@ -2,6 +2,9 @@
 //! the one table that error messages and the mock server (`testing`) read.
 //!
 //! Sources (read 2026-12):
+//! - Cloud Tasks' "Access control" page, its table of the permission each method needs
+//!   (<https://cloud.google.com/tasks/docs/reference-access-control>): ListTasks, GetTask,
+//!   CreateTask, DeleteTask on the queue, RunTask on the task;
 //! - the v2 API reference, each method's "Authorization requires the following IAM permission
 //!   on the specified resource" (<https://cloud.google.com/tasks/docs/reference/rest/v2/projects.locations.queues.tasks>):
 //!   `tasks.create` on the parent queue, `tasks.get`, `tasks.delete`, `tasks.run` on the task,
@@ -9,12 +12,14 @@
 //! - IAM's "Cloud Tasks roles and permissions"
 //!   (<https://cloud.google.com/iam/docs/roles-permissions/cloudtasks>): which role holds which
 //!   permission (enqueuer: `tasks.create`, `tasks.fullView`; viewer: `tasks.get`, `tasks.list`;
-//!   taskDeleter: `tasks.delete`; taskRunner: `tasks.run`; `operations.get` only in Admin and
-//!   Editor);
+//!   taskDeleter: `tasks.delete`; taskRunner: `tasks.run`, `tasks.fullView`; `operations.get`
+//!   only in Admin and Editor);
 //! - IAM's "Service Accounts roles and permissions": `iam.serviceAccounts.actAs` in
 //!   `roles/iam.serviceAccountUser`, needed on the account a task's OIDC token names.
 //!
 //! Where the sources are silent or disagree:
+//! - **GetTask, DeleteTask**: the access-control page checks them on the queue, the reference
+//!   on the task's name. A grant on the queue covers both.
 //! - **BatchCreateTasks**: v2's reference page names no permission; v2beta3's names
 //!   `cloudtasks.tasks.create` on the parent, and the IAM page has no batch permission. The
 //!   table says `cloudtasks.tasks.create` on the queue.

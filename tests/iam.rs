@@ -20,8 +20,9 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 /// Permissions of the predefined roles the module may grant the runtime account, from IAM's
-/// "Cloud Tasks roles and permissions" (<https://cloud.google.com/iam/docs/roles-permissions/cloudtasks>)
-/// and "Service Accounts roles and permissions"
+/// "Cloud Tasks roles and permissions" (<https://cloud.google.com/iam/docs/roles-permissions/cloudtasks>,
+/// and Cloud Tasks' "Access control" page, which lists the same) and "Service Accounts roles
+/// and permissions"
 /// (<https://cloud.google.com/iam/docs/roles-permissions/iam>), read 2026-12. A role granted
 /// to it that is missing here fails the test: add it with its permissions and source.
 const PREDEFINED_ROLES: &[(&str, &[&str])] = &[
@@ -58,6 +59,7 @@ const PREDEFINED_ROLES: &[(&str, &[&str])] = &[
     (
         "roles/cloudtasks.taskRunner",
         &[
+            "cloudtasks.tasks.fullView",
             "cloudtasks.tasks.run",
             "resourcemanager.projects.get",
             "resourcemanager.projects.list",
