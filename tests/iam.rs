@@ -230,7 +230,8 @@ struct Report {
     created: usize,
     /// Tasks the path creates when it works.
     creates: usize,
-    /// `(task count, dispatch count)` of the queue's first task afterwards.
+    /// The queue's task count, and the dispatch count of its first task (the one the document
+    /// paths act on), afterwards.
     seeded: (usize, i32),
 }
 
@@ -492,7 +493,8 @@ async fn the_runtime_accounts_grants_cover_every_enqueue_path() {
     assert_eq!(last.seeded.0, 1 + 1 + 1 + 2 * BATCH + 1 + BATCH);
 }
 
-/// The module without one of its edits' grants: `(file, from, to)` as [`module::broken`].
+/// The paths run with the grants of the module after one edit that takes a grant away:
+/// `(file, from, to)` as [`module::broken`].
 async fn reports_without(edit: (&str, &str, &str)) -> Vec<Report> {
     let files = module::broken(&[edit]);
     run_paths(&runtime_grants(&files)).await
