@@ -7,6 +7,7 @@ use std::time::Duration;
 
 #[cfg(doc)]
 use crate::CloudTasksClient;
+use crate::permissions::{ACT_AS, FULL_VIEW, Requirement, Rpc};
 use crate::transport::{NotSent, NotSentReason};
 
 /// Everything that can go wrong when building a client or enqueuing a task.
@@ -355,24 +356,50 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
                  task). A missing queue is answered the same way, so if no task is ever found, \
                  check CLOUD_TASKS_QUEUE / GCP_LOCATION / GCP_PROJECT_ID ({detail})"
             ),
-            Call::CreateTask | Call::BatchCreateTasks | Call::GetOperation | Call::ListTasks => {
-                format!(
-                    "queue {queue_id:?} does not exist in {project_location}: create it \
+            Call::GetOperation(operation) => format!(
+                "operation {operation} does not exist: Cloud Tasks no longer knows it \
+                 (operations expire) ({detail})"
+            ),
+            Call::ListTasks | Call::CreateTask | Call::BatchCreateTasks => format!(
+                "queue {queue_id:?} does not exist in {project_location}: create it \
                  (`gcloud tasks queues create {queue_id}`) or fix CLOUD_TASKS_QUEUE / \
                  GCP_LOCATION / GCP_PROJECT_ID ({detail})"
+            ),
+        },
+        Code::PermissionDenied => match call {
+            Call::GetTask(_)
+            | Call::DeleteTask(_)
+            | Call::RunTask(_)
+            | Call::ListTasks
+            | Call::GetOperation(_) => {
+                let rpc = call.rpc();
+                let Requirement { permission, role } = rpc.requirement();
+                // Task calls are granted on the queue (a task's name is under it); an
+                // operation is under the project, and names itself.
+                let resource = match call {
+                    Call::GetOperation(operation) => operation,
+                    _ => queue,
+                };
+                format!(
+                    "permission denied: {rpc:?} needs {permission} on {resource} ({role}) \
+                     ({detail})"
                 )
             }
-        },
-        Code::PermissionDenied => match call.permission() {
-            Some((permission, role)) => format!(
-                "permission denied: the caller needs {permission} on {queue} (e.g. {role}) \
-                 ({detail})"
-            ),
-            None => format!(
-                "permission denied: the caller needs roles/cloudtasks.enqueuer on {queue} and \
-                 roles/iam.serviceAccountUser (iam.serviceAccounts.actAs) on the OIDC service \
-                 account {service_account} ({detail})"
-            ),
+            // A refused batch is worded as a refused CreateTask: the same permissions.
+            Call::CreateTask | Call::BatchCreateTasks => {
+                let create = Rpc::CreateTask.requirement();
+                format!(
+                    "permission denied: creating tasks needs {create_permission} on {queue} \
+                     ({create_role}, which also holds {full_view}, needed by bulk enqueue of \
+                     unnamed tasks), and {act_as} on the OIDC service account \
+                     {service_account} ({act_as_role}) ({detail})",
+                    create_permission = create.permission,
+                    create_role = create.role,
+                    full_view = FULL_VIEW.permission,
+                    act_as = ACT_AS.permission,
+                    act_as_role = ACT_AS.role,
+                )
+            }
         },
         Code::AlreadyExists => format!(
             "a task with this name already exists in {queue}, or existed within about the last \
@@ -419,8 +446,8 @@ pub(crate) enum Call<'a> {
     CreateTask,
     /// `BatchCreateTasks` on the queue.
     BatchCreateTasks,
-    /// `GetOperation` on a `BatchCreateTasks` operation.
-    GetOperation,
+    /// `GetOperation` on this operation name (a batch's).
+    GetOperation(&'a str),
     /// `GetTask` on this task name.
     GetTask(&'a str),
     /// `DeleteTask` on this task name.
@@ -437,7 +464,7 @@ impl Call<'_> {
         match self {
             Self::CreateTask => "CreateTask",
             Self::BatchCreateTasks => "BatchCreateTasks",
-            Self::GetOperation => "GetOperation",
+            Self::GetOperation(_) => "GetOperation",
             Self::GetTask(_) => "GetTask",
             Self::DeleteTask(_) => "DeleteTask",
             Self::RunTask(_) => "RunTask",
@@ -445,18 +472,15 @@ impl Call<'_> {
         }
     }
 
-    /// For a call on existing tasks, the IAM permission it needs and the narrowest predefined
-    /// role that grants it; `None` for the calls that create tasks (and the operation they
-    /// start), which need the enqueuer's permissions.
-    fn permission(self) -> Option<(&'static str, &'static str)> {
+    fn rpc(self) -> Rpc {
         match self {
-            Self::GetTask(_) => Some(("cloudtasks.tasks.get", "roles/cloudtasks.viewer")),
-            Self::DeleteTask(_) => {
-                Some(("cloudtasks.tasks.delete", "roles/cloudtasks.taskDeleter"))
-            }
-            Self::RunTask(_) => Some(("cloudtasks.tasks.run", "roles/cloudtasks.taskRunner")),
-            Self::ListTasks => Some(("cloudtasks.tasks.list", "roles/cloudtasks.viewer")),
-            Self::CreateTask | Self::BatchCreateTasks | Self::GetOperation => None,
+            Self::CreateTask => Rpc::CreateTask,
+            Self::BatchCreateTasks => Rpc::BatchCreateTasks,
+            Self::GetOperation(_) => Rpc::GetOperation,
+            Self::GetTask(_) => Rpc::GetTask,
+            Self::DeleteTask(_) => Rpc::DeleteTask,
+            Self::RunTask(_) => Rpc::RunTask,
+            Self::ListTasks => Rpc::ListTasks,
         }
     }
 }
@@ -726,7 +750,7 @@ mod tests {
         for call in [
             Call::CreateTask,
             Call::BatchCreateTasks,
-            Call::GetOperation,
+            Call::GetOperation("projects/p/locations/l/operations/o"),
             Call::GetTask(task),
             Call::DeleteTask(task),
             Call::RunTask(task),

@@ -80,7 +80,10 @@ impl CloudTasksClient {
             .await?;
         let mut operations = OperationsClient::new(self.channel())
             .max_decoding_message_size(MAX_BATCH_RESPONSE_BYTES);
-        self.map_response(operations.get_operation(request).await, Call::GetOperation)
+        self.map_response(
+            operations.get_operation(request).await,
+            Call::GetOperation(name),
+        )
     }
 
     /// Polls the operation with a growing delay until it is done or the batch's deadline
