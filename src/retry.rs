@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::{Code, Error};
-use crate::telemetry::Call;
+use crate::telemetry::CallRecord;
 use crate::transport::RequestWritten;
 
 /// Exponential backoff with full jitter, bounded by the call's total deadline.
@@ -133,7 +133,7 @@ pub(crate) struct Attempt {
 /// another attempt. `attempt` receives the time it may take, at most `attempt_timeout`. Each
 /// attempt runs in its own span under `call`'s and is recorded there.
 pub(crate) async fn run<T, F, Fut>(
-    call: &Call<'_>,
+    call: &CallRecord<'_>,
     policy: &RetryPolicy,
     idempotency: Idempotency,
     attempt_timeout: Duration,
@@ -223,7 +223,7 @@ mod tests {
                 endpoint: "http://127.0.0.1:1",
                 queue: "projects/p/locations/l/queues/q",
                 service_account: "a@p.iam.gserviceaccount.com",
-                task_call: None,
+                call: crate::error::Call::CreateTask,
             },
         )
     }
@@ -267,7 +267,7 @@ mod tests {
         let policy = RetryPolicy::default().with_max_attempts(1000);
         let started = Instant::now();
         let server = crate::telemetry::Server::new("http://127.0.0.1:1", "q");
-        let call = Call::rpc(&crate::telemetry::GET_TASK, &server, "t");
+        let call = CallRecord::rpc(&crate::telemetry::GET_TASK, &server, "t");
         let outcome: Attempted<()> = run(
             &call,
             &policy,
@@ -290,7 +290,7 @@ mod tests {
     async fn an_attempt_gets_at_most_the_remaining_time() {
         let started = Instant::now();
         let server = crate::telemetry::Server::new("http://127.0.0.1:1", "q");
-        let call = Call::rpc(&crate::telemetry::CREATE_TASK, &server, "q");
+        let call = CallRecord::rpc(&crate::telemetry::CREATE_TASK, &server, "q");
         let outcome: Attempted<()> = run(
             &call,
             &RetryPolicy::default(),

@@ -2,7 +2,7 @@
 //! "Observability from one layer"; the README's "Observability" lists every name).
 //!
 //! - Spans, always, with `tracing` (nothing is recorded without a subscriber): one per logical
-//!   call ([`Call`], made by the client) and one per attempt ([`Call::attempt`], made by
+//!   call ([`CallRecord`], made by the client) and one per attempt ([`CallRecord::attempt`], made by
 //!   `retry.rs`, the one place that runs attempts); on the receiving side one processing span
 //!   per delivery (`receiving.rs`).
 //! - With the `opentelemetry` feature: the trace context written into each task's headers and
@@ -173,7 +173,7 @@ impl Server {
 
 /// One logical call: its span, open over every attempt, and when it started.
 #[derive(Debug)]
-pub(crate) struct Call<'a> {
+pub(crate) struct CallRecord<'a> {
     rpc: &'static Rpc,
     server: &'a Server,
     span: Span,
@@ -181,7 +181,7 @@ pub(crate) struct Call<'a> {
     started: Instant,
 }
 
-impl<'a> Call<'a> {
+impl<'a> CallRecord<'a> {
     /// A call that enqueues: the messaging conventions' `send` span (PRODUCER), named
     /// `send {queue ID}`, with the RPC's attributes too. `batch` is the task count of a
     /// `BatchCreateTasks` call.
@@ -314,11 +314,11 @@ impl<'a> Call<'a> {
     }
 }
 
-/// One attempt of a [`Call`].
+/// One attempt of a [`CallRecord`].
 #[derive(Debug)]
 pub(crate) struct AttemptRecord<'a> {
     #[cfg(feature = "opentelemetry")]
-    call: &'a Call<'a>,
+    call: &'a CallRecord<'a>,
     #[cfg(not(feature = "opentelemetry"))]
     call: std::marker::PhantomData<&'a ()>,
     span: Span,
