@@ -269,9 +269,7 @@ impl Claim<'_> {
         if !self.holds(&table) {
             return false;
         }
-        table
-            .states
-            .insert(self.document, DocumentState::Finished);
+        table.states.insert(self.document, DocumentState::Finished);
         table.finished.push_back(self.document);
         true
     }
@@ -482,7 +480,9 @@ mod tests {
         // Another delivery takes the expired claim and fails: the document is not finished.
         let runs = AtomicUsize::new(0);
         let second = documents
-            .process_once(document, "second", || counted(&runs, TaskOutcome::retry_later()))
+            .process_once(document, "second", || {
+                counted(&runs, TaskOutcome::retry_later())
+            })
             .await;
         assert_eq!(second, TaskOutcome::retry_later());
         release_first.send(()).unwrap();
@@ -526,14 +526,16 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let refused = busy
-            .process_once(Uuid::new_v4(), "new", || -> std::future::Ready<TaskOutcome> {
-                panic!("work started past the capacity")
-            })
+            .process_once(
+                Uuid::new_v4(),
+                "new",
+                || -> std::future::Ready<TaskOutcome> { panic!("work started past the capacity") },
+            )
             .await;
         assert_eq!(refused, TaskOutcome::retry_later());
         assert_eq!(busy.len(), 1);
         release.send(()).unwrap();
-        held.await.unwrap();
+        assert_eq!(held.await.unwrap(), TaskOutcome::Done);
     }
 
     #[test]
