@@ -331,7 +331,26 @@ mod tests {
         assert_eq!(defaults.cloud_run_service_account, "");
         assert_eq!(defaults.emulator_host, None);
         assert_eq!(defaults.oidc_issuer, None);
+        assert_eq!(defaults.oidc_issuer_source, None);
+        assert_eq!(defaults.oidc_verified_by_cloud_run, None);
+        assert_eq!(defaults.cloud_run_service, None);
         assert!(!defaults.is_cloud_tasks_configured());
+    }
+
+    #[test]
+    fn receiver_settings_are_read_with_where_the_issuer_came_from() {
+        let read = settings(&[
+            (OIDC_ISSUER_VAR, "http://127.0.0.1:8123"),
+            (OIDC_VERIFIED_BY_CLOUD_RUN_VAR, "true"),
+            (CLOUD_RUN_SERVICE_VAR, "backend"),
+        ]);
+        assert_eq!(read.oidc_issuer.as_deref(), Some("http://127.0.0.1:8123"));
+        assert_eq!(read.oidc_issuer_source, Some(SettingSource::Lookup));
+        assert_eq!(read.oidc_verified_by_cloud_run.as_deref(), Some("true"));
+        assert_eq!(read.cloud_run_service.as_deref(), Some("backend"));
+        let empty = settings(&[(OIDC_ISSUER_VAR, ""), (CLOUD_RUN_SERVICE_VAR, "")]);
+        assert_eq!((empty.oidc_issuer, empty.oidc_issuer_source), (None, None));
+        assert_eq!(empty.cloud_run_service, None);
     }
 
     #[test]
