@@ -1,8 +1,9 @@
 //! The receiving side: what a backend needs to accept a Cloud Tasks delivery.
 //!
 //! - [`OidcVerifier`]: checks the OIDC token Cloud Tasks sends (signature, issuer, audience,
-//!   expiry, service account), with a key cache that rides out an unreachable issuer. Build it
-//!   from the same [`Settings`](crate::Settings) as the client with
+//!   expiry, service account), with a key cache that rides out an unreachable issuer; behind
+//!   Cloud Run's invoker IAM, opted in, it accepts the tokens whose signature Cloud Run checked
+//!   and removed. Build it from the same [`Settings`](crate::Settings) as the client with
 //!   [`OidcVerifier::from_settings`].
 //! - [`TaskContext`]: the `X-CloudTasks-*` headers (task name, retry count, ...), typed.
 //! - [`receive`]: both, plus the JSON body parsed into the shared payload type

@@ -58,7 +58,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Checks, in order: the token is a JWT signed with RS256 by a key of the issuer's JWKS (looked
 /// up by `kid`), it has not expired, `iss` is an accepted issuer, `aud` is the configured
 /// audience, and `email` is the expected service account with `email_verified: true`. Without
-/// the email check any Google identity could mint a token for the audience.
+/// the email check any Google identity could mint a token for the audience. Tokens longer than
+/// [`MAX_TOKEN_BYTES`] are refused before anything in them is decoded.
+///
+/// Behind Cloud Run's invoker IAM, Cloud Run checks the signature itself and forwards the token
+/// with the signature replaced by [`SIGNATURE_REMOVED_BY_GOOGLE`]. Built
+/// [`with_verified_by_cloud_run`](OidcVerifierBuilder::with_verified_by_cloud_run) (or from
+/// `CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN=true`), the verifier accepts such a token after every
+/// other check, and reads `X-Serverless-Authorization` instead of `Authorization` when a request
+/// carries it (see [`OidcVerifier::verify_request`]); without it, such a token is
+/// [`VerifyError::SignatureRemoved`]. `docs/RECEIVING.md` says where that is safe.
 ///
 /// Keys are cached by `kid` for the JWKS response's `Cache-Control: max-age` and rides out an
 /// unreachable or slow issuer: past the max-age a cached key stays in use for
