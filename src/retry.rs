@@ -143,6 +143,9 @@ where
     let deadline = Instant::now() + total_timeout;
     let mut attempts = 0;
     let mut previous_not_processed = false;
+    // The first failure of an attempt that may have been processed: a later attempt's failure,
+    // even one that sent nothing, cannot undo it.
+    let mut possibly_processed: Option<Error> = None;
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -187,12 +190,27 @@ where
         let out_of_time = Instant::now() + wait >= deadline;
         if attempts >= policy.max_attempts || out_of_time || !is_retryable(&error, idempotency) {
             return Attempted {
-                result: Err(error),
+                result: Err(remembering(error, possibly_processed)),
                 attempts,
             };
         }
+        if possibly_processed.is_none() && error.task_may_exist() {
+            possibly_processed = Some(error.clone());
+        }
         tracing::debug!(attempt = attempts, wait_ms = wait.as_millis(), %error, "retrying");
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// The call's error: the last attempt's, marked as possibly processed if an earlier attempt
+/// may have been.
+fn remembering(last: Error, possibly_processed: Option<Error>) -> Error {
+    match possibly_processed {
+        Some(earlier) if !last.task_may_exist() => Error::AfterPossiblyProcessed {
+            last: Box::new(last),
+            earlier: Box::new(earlier),
+        },
+        _ => last,
     }
 }
 
@@ -273,6 +291,46 @@ mod tests {
         assert!(outcome.attempts > 3, "{}", outcome.attempts);
         assert_eq!(outcome.attempts, calls.load(Ordering::SeqCst));
         assert!(started.elapsed() <= Duration::from_secs(5));
+    }
+
+    /// An attempt that may have been processed (UNAVAILABLE) followed by one that sent
+    /// nothing (a timeout before sending): the call's error says the task may exist.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_that_sent_nothing_does_not_hide_an_earlier_one_that_may_have_landed() {
+        let mut calls = 0;
+        let outcome: Attempted<()> = run(
+            &RetryPolicy::default().with_max_attempts(2),
+            Idempotency::Idempotent,
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+            |_| {
+                calls += 1;
+                let first = calls == 1;
+                async move {
+                    if first {
+                        Err(unavailable())
+                    } else {
+                        Err(Error::Timeout {
+                            after: Duration::from_secs(1),
+                            request_sent: false,
+                        })
+                    }
+                }
+            },
+        )
+        .await;
+        let error = outcome.result.unwrap_err();
+        assert_eq!(outcome.attempts, 2);
+        assert!(error.task_may_exist(), "{error}");
+        assert!(!error.was_never_sent(), "{error}");
+        assert!(error.is_timeout(), "the last attempt's kind: {error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("could not be sent within 1s")
+                && message.contains("earlier attempt may have reached Cloud Tasks")
+                && message.contains("try again"),
+            "{message}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

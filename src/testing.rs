@@ -69,9 +69,35 @@ pub enum Fault {
     /// Store the task (or delete or run it) as usual, then fail with this status: the reply
     /// is lost.
     FailAfterStore(Code, String),
-    /// Wait this long, then answer normally.
+    /// Wait this long, then answer normally. A client that gives up meanwhile resets the
+    /// stream, and the call stops where it was waiting: nothing is stored.
     Delay(Duration),
+    /// Store as usual, fail with this status, then stop serving, as a server that crashed
+    /// after committing: later connections are refused until [`MockCloudTasks::restart`].
+    Vanish(Code, String),
+    /// Answer as usual, then restart: every connection gets a GOAWAY, calls in flight finish,
+    /// calls sent after it are refused unprocessed, and the server serves again on the same
+    /// address with the same state.
+    Restart,
+    /// Reset the call's HTTP/2 stream (RST_STREAM) with this error code (e.g. 0x7
+    /// REFUSED_STREAM, 0xb ENHANCE_YOUR_CALM), before storing anything or after storing.
+    Reset {
+        /// The HTTP/2 error code.
+        reason: u32,
+        /// Whether the task (or batch) is stored first.
+        after_store: bool,
+    },
 }
+
+/// What a fault asks of the server as a whole once its call is answered.
+#[derive(Debug, Clone, Copy)]
+enum Lifecycle {
+    Stop,
+    Restart,
+}
+
+/// The response header by which a call's handler asks [`ResetLayer`] to reset its stream.
+const RESET_HEADER: &str = "x-mock-reset-stream";
 
 #[derive(Debug, Default)]
 struct State {
@@ -109,6 +135,10 @@ struct State {
     shuffle_created: bool,
     /// Operations are forgotten once answered, as if they had expired.
     expire_operations: bool,
+    /// What a `Vanish` or `Restart` fault asked for; the server acts on it when woken by
+    /// `lifecycle_changed`.
+    lifecycle: Option<Lifecycle>,
+    lifecycle_changed: Arc<tokio::sync::Notify>,
 }
 
 /// A token bucket of tasks, as Cloud Tasks' quota refuses calls past a rate: a call of `n`
@@ -183,39 +213,63 @@ impl MockCloudTasks {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = CloudTasksServer::new(Service {
-            state: self.state.clone(),
-        });
-        let mut builder = Server::builder();
-        if let Some(identity) = &self.tls {
-            builder = builder
-                .tls_config(ServerTlsConfig::new().identity(identity.clone()))
-                .expect("a PEM identity makes a valid TLS config");
-        }
-        let operations = OperationsServer::new(OperationsService {
-            state: self.state.clone(),
-        });
-        let router = builder.add_service(service).add_service(operations);
+        let (stop, mut stopped) = oneshot::channel::<()>();
         let state = self.state.clone();
+        let tls = self.tls.clone();
+        let addr = self.addr;
+        let lifecycle_changed = lock(&state).lifecycle_changed.clone();
         let handle = tokio::spawn(async move {
-            let incoming =
-                TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .map(move |accepted| {
-                        if accepted.is_ok() {
-                            lock(&state).connections += 1;
-                        }
-                        accepted
-                    });
-            // The server's own errors end the test's connection, which the test then sees.
-            if let Err(error) = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    stopped.await.ok();
-                })
-                .await
-            {
-                tracing::error!(%error, "mock Cloud Tasks server failed");
+            let mut listener = listener;
+            loop {
+                let mut builder = Server::builder();
+                if let Some(identity) = &tls {
+                    builder = builder
+                        .tls_config(ServerTlsConfig::new().identity(identity.clone()))
+                        .expect("a PEM identity makes a valid TLS config");
+                }
+                let router = builder
+                    .layer(ResetLayer)
+                    .add_service(CloudTasksServer::new(Service {
+                        state: state.clone(),
+                    }))
+                    .add_service(OperationsServer::new(OperationsService {
+                        state: state.clone(),
+                    }));
+                let counted = state.clone();
+                let incoming =
+                    TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .map(move |accepted| {
+                            if accepted.is_ok() {
+                                lock(&counted).connections += 1;
+                            }
+                            accepted
+                        });
+                let mut stop_requested = false;
+                let shutdown = async {
+                    tokio::select! {
+                        _ = &mut stopped => stop_requested = true,
+                        () = lifecycle_changed.notified() => {}
+                    }
+                };
+                // The server's own errors end the test's connection, which the test then sees.
+                if let Err(error) = router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                {
+                    tracing::error!(%error, "mock Cloud Tasks server failed");
+                }
+                let next = lock(&state).lifecycle.take();
+                if stop_requested || !matches!(next, Some(Lifecycle::Restart)) {
+                    return;
+                }
+                listener = match TcpListener::bind(addr).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(%error, "mock Cloud Tasks server cannot restart");
+                        return;
+                    }
+                };
             }
         });
         self.running = Some((stop, handle));
@@ -647,17 +701,10 @@ impl CloudTasks for Service {
             }
         }
         self.check_quota(1)?;
-        match self.next_fault().await {
-            Some(Fault::Reject(code, text)) => Err(status(code, text)),
-            Some(Fault::FailAfterStore(code, text)) => {
-                self.store(&message)?;
-                Err(status(code, text))
-            }
-            Some(Fault::Delay(_)) | None => {
-                let task = self.store(&message)?;
-                Ok(Response::new(as_viewed(task, message.response_view)))
-            }
-        }
+        let fault = self.next_fault().await;
+        rejected(fault.as_ref())?;
+        let task = self.store(&message)?;
+        answer(&self.state, fault, as_viewed(task, message.response_view))
     }
 
     async fn batch_create_tasks(
@@ -675,14 +722,10 @@ impl CloudTasks for Service {
             }
         }
         self.check_quota(message.requests.len())?;
-        match self.next_fault().await {
-            Some(Fault::Reject(code, text)) => Err(status(code, text)),
-            Some(Fault::FailAfterStore(code, text)) => {
-                self.apply_batch(&message)?;
-                Err(status(code, text))
-            }
-            Some(Fault::Delay(_)) | None => Ok(Response::new(self.apply_batch(&message)?)),
-        }
+        let fault = self.next_fault().await;
+        rejected(fault.as_ref())?;
+        let operation = self.apply_batch(&message)?;
+        answer(&self.state, fault, operation)
     }
 
     async fn get_task(
@@ -699,7 +742,7 @@ impl CloudTasks for Service {
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let task = lock(&self.state).task_mut(&message.name)?.clone();
-        answer(fault, as_viewed(task, message.response_view))
+        answer(&self.state, fault, as_viewed(task, message.response_view))
     }
 
     async fn delete_task(
@@ -719,7 +762,7 @@ impl CloudTasks for Service {
         state.task_mut(&message.name)?;
         // The name stays in `used_names`: Cloud Tasks refuses it for a while after deletion.
         state.tasks.retain(|task| task.name != message.name);
-        answer(fault, ())
+        answer(&self.state, fault, ())
     }
 
     async fn run_task(
@@ -748,7 +791,7 @@ impl CloudTasks for Service {
         task.first_attempt.get_or_insert_with(|| attempt.clone());
         task.last_attempt = Some(attempt);
         let task = task.clone();
-        answer(fault, as_viewed(task, message.response_view))
+        answer(&self.state, fault, as_viewed(task, message.response_view))
     }
 
     /// Pages in creation order; the page token is the offset of the page's first task.
@@ -802,6 +845,7 @@ impl CloudTasks for Service {
         };
         drop(state);
         answer(
+            &self.state,
             fault,
             pb::ListTasksResponse {
                 tasks,
@@ -827,22 +871,115 @@ fn record<T: Clone>(
     }
 }
 
-/// A `Reject` fault's status: the call fails before it looks at anything.
+/// A fault that fails the call before it looks at anything: `Reject`, or a reset before
+/// storing.
 fn rejected(fault: Option<&Fault>) -> Result<(), Status> {
     match fault {
         Some(Fault::Reject(code, text)) => Err(status(*code, text.clone())),
+        Some(Fault::Reset {
+            reason,
+            after_store: false,
+        }) => Err(reset(*reason)),
         _ => Ok(()),
     }
 }
 
-/// The answer of a call once done: a lost reply (`FailAfterStore`: done, then failed) fails
-/// it, a delay has already passed.
-fn answer<T>(fault: Option<Fault>, message: T) -> Result<Response<T>, Status> {
+/// The answer of a call once done: a lost reply (`FailAfterStore`, `Vanish`, a reset after
+/// storing) fails it, a restart follows it, a delay has already passed.
+fn answer<T>(
+    state: &Mutex<State>,
+    fault: Option<Fault>,
+    message: T,
+) -> Result<Response<T>, Status> {
+    let change = |lifecycle| {
+        let mut state = lock(state);
+        state.lifecycle = Some(lifecycle);
+        state.lifecycle_changed.notify_one();
+    };
     match fault {
         Some(Fault::Reject(code, text) | Fault::FailAfterStore(code, text)) => {
             Err(status(code, text))
         }
+        Some(Fault::Vanish(code, text)) => {
+            change(Lifecycle::Stop);
+            Err(status(code, text))
+        }
+        Some(Fault::Reset { reason, .. }) => Err(reset(reason)),
+        Some(Fault::Restart) => {
+            change(Lifecycle::Restart);
+            Ok(Response::new(message))
+        }
         Some(Fault::Delay(_)) | None => Ok(Response::new(message)),
+    }
+}
+
+/// A status that [`ResetLayer`] turns into a reset of the call's stream with `reason`.
+fn reset(reason: u32) -> Status {
+    let mut status = Status::internal("the mock resets this stream");
+    status
+        .metadata_mut()
+        .insert(RESET_HEADER, tonic::metadata::MetadataValue::from(reason));
+    status
+}
+
+/// Resets the stream of a call whose handler asked for it ([`reset`]): hyper resets a
+/// stream whose service fails with the HTTP/2 error code found in the error's causes.
+#[derive(Debug, Clone, Copy)]
+struct ResetLayer;
+
+impl<S> tower_layer::Layer<S> for ResetLayer {
+    type Service = Resetting<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Resetting(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Resetting<S>(S);
+
+/// The error whose cause carries the HTTP/2 error code the stream is reset with. Not an
+/// `h2::Error` itself, which tonic would turn into a gRPC status instead.
+#[derive(Debug, thiserror::Error)]
+#[error("the mock resets this stream")]
+struct ResetStream(#[source] h2::Error);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B, R> tonic::codegen::Service<http::Request<B>> for Resetting<S>
+where
+    S: tonic::codegen::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = self.0.call(request);
+        Box::pin(async move {
+            let response = call.await.map_err(Into::into)?;
+            let reason = response
+                .headers()
+                .get(RESET_HEADER)
+                .and_then(|value| value.to_str().ok()?.parse::<u32>().ok());
+            match reason {
+                Some(reason) => {
+                    Err(Box::new(ResetStream(h2::Reason::from(reason).into())) as BoxError)
+                }
+                None => Ok(response),
+            }
+        })
     }
 }
 
