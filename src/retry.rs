@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Code, Error};
+use crate::rate::Pacer;
 use crate::transport::RequestWritten;
 
 /// Exponential backoff with full jitter, bounded by the call's total deadline.
@@ -127,13 +128,28 @@ pub(crate) struct Attempt {
     pub(crate) written: RequestWritten,
 }
 
+/// The pace a bulk call's resends keep: each waits for its `tasks`' turn on the shared
+/// `pacer`, and RESOURCE_EXHAUSTED slows the pacer down. The first attempt's turn is the
+/// caller's to wait for, before the call's deadline starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace<'a> {
+    pub(crate) pacer: &'a Pacer,
+    pub(crate) tasks: usize,
+}
+
 /// Runs `attempt` until it succeeds, fails for good, or the total deadline leaves no time for
 /// another attempt. `attempt` receives the time it may take, at most `attempt_timeout`.
+///
+/// With a `pace`, a resend first waits for its turn, outside its attempt's time: an attempt
+/// that waited for the pace inside its deadline could time out waiting, keep its turn and
+/// take another for its retry, until a slow pace had no turn left that anyone used. A turn
+/// that would come after the total deadline is not taken; the call ends with its last error.
 pub(crate) async fn run<T, F, Fut>(
     policy: &RetryPolicy,
     idempotency: Idempotency,
     attempt_timeout: Duration,
     total_timeout: Duration,
+    pace: Option<Pace<'_>>,
     mut attempt: F,
 ) -> Attempted<T>
 where
@@ -177,6 +193,11 @@ where
             }
             Err(error) => error,
         };
+        if let Some(pace) = pace
+            && error.code() == Some(Code::ResourceExhausted)
+        {
+            pace.pacer.exhausted();
+        }
         // As gRPC's transparent retry: a request the server did not process goes again at once
         // (on another connection when its own was retired); a second time in a row, after the
         // backoff.
@@ -199,6 +220,14 @@ where
         }
         tracing::debug!(attempt = attempts, wait_ms = wait.as_millis(), %error, "retrying");
         tokio::time::sleep(wait).await;
+        if let Some(pace) = pace
+            && !pace.pacer.acquire_before(pace.tasks, Some(deadline)).await
+        {
+            return Attempted {
+                result: Err(remembering(error, possibly_processed)),
+                attempts,
+            };
+        }
     }
 }
 
@@ -281,6 +310,7 @@ mod tests {
             Idempotency::Idempotent,
             Duration::from_secs(20),
             Duration::from_secs(5),
+            None,
             |_| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 async { Err(unavailable()) }
@@ -303,6 +333,7 @@ mod tests {
             Idempotency::Idempotent,
             Duration::from_secs(1),
             Duration::from_secs(10),
+            None,
             |_| {
                 calls += 1;
                 let first = calls == 1;
@@ -333,6 +364,59 @@ mod tests {
         );
     }
 
+    /// 8 calls at 1 task/s, each with a 1 s attempt timeout, whose first attempt is not
+    /// processed: every resend waits for its turn outside its attempt's time, so all 8 are
+    /// sent again and succeed, one a second. Waiting inside the attempt, a resend timed out
+    /// while waiting, kept its turn and took another: the pace stalled.
+    #[tokio::test(start_paused = true)]
+    async fn resends_at_one_task_per_second_do_not_stall() {
+        let pacer = std::sync::Arc::new(Pacer::new(crate::rate::RateLimit::fixed(1)));
+        let started = Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let pacer = pacer.clone();
+            calls.spawn(async move {
+                pacer.acquire(1).await;
+                let mut sends = 0;
+                let outcome: Attempted<()> = run(
+                    &RetryPolicy::default(),
+                    Idempotency::NotIdempotent,
+                    Duration::from_secs(1),
+                    Duration::from_secs(120),
+                    Some(Pace {
+                        pacer: &pacer,
+                        tasks: 1,
+                    }),
+                    |_| {
+                        sends += 1;
+                        let first = sends == 1;
+                        async move {
+                            if first {
+                                Err(Error::Timeout {
+                                    after: Duration::from_secs(1),
+                                    request_sent: false,
+                                })
+                            } else {
+                                Ok(())
+                            }
+                        }
+                    },
+                )
+                .await;
+                outcome.result.map(|()| outcome.attempts)
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            assert_eq!(joined.unwrap().unwrap(), 2);
+        }
+        // 16 sends at 1 a second.
+        assert!(
+            started.elapsed() <= Duration::from_secs(17),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_attempt_gets_at_most_the_remaining_time() {
         let started = Instant::now();
@@ -341,6 +425,7 @@ mod tests {
             Idempotency::NotIdempotent,
             Duration::from_secs(20),
             Duration::from_secs(2),
+            None,
             |attempt| async move {
                 assert_eq!(attempt.budget, Duration::from_secs(2));
                 std::future::pending().await

@@ -16,7 +16,7 @@ use crate::proto::{
     BatchCreateTasksMetadata, BatchCreateTasksRequest, BatchCreateTasksResponse, CreateTaskRequest,
     Operation, Task,
 };
-use crate::retry::{Attempt, Idempotency};
+use crate::retry::{Attempt, Idempotency, Pace};
 
 use super::pairing::CreatedTasks;
 use super::{BulkCall, Keyed};
@@ -139,20 +139,30 @@ impl CloudTasksClient {
             let (keys, tasks): (Vec<K>, Vec<Task>) = items.into_iter().unzip();
             let rounds = self.create_batch_once(tasks, deadline, call).await;
             let mut again = Vec::new();
+            let mut refusals = Vec::new();
             for (key, round) in keys.into_iter().zip(rounds) {
                 match round {
                     Round::Done(outcome) => done.push((key, call.outcome(outcome))),
-                    Round::Exhausted(task, _) if Instant::now() < deadline => {
+                    Round::Exhausted(task, error) => {
                         again.push((key, *task));
+                        refusals.push(error);
                     }
-                    Round::Exhausted(_, error) => done.push((key, Err(error))),
                 }
             }
             if again.is_empty() {
                 return done;
             }
             call.pacer.exhausted();
-            call.pacer.acquire(again.len()).await;
+            // A turn after the deadline is not taken: the refused tasks fail, not created.
+            if !call.pacer.acquire_before(again.len(), Some(deadline)).await {
+                done.extend(
+                    again
+                        .into_iter()
+                        .zip(refusals)
+                        .map(|((key, _), error)| (key, Err(error))),
+                );
+                return done;
+            }
             items = again;
         }
     }
@@ -187,27 +197,20 @@ impl CloudTasksClient {
         };
         let request_id = request.request_id.clone();
         let started = Instant::now();
-        let mut sends = 0_u32;
         // The request_id makes a resent batch a no-op on Cloud Tasks, so the batch is retried
         // like a named task, with the same request (request_id included) each time; a resend
         // waits for its turn under the rate limit, and RESOURCE_EXHAUSTED slows it down.
+        let pace = Pace {
+            pacer: &call.pacer,
+            tasks: count,
+        };
         let sent = self
-            .with_retries(&call.until(deadline), Idempotency::Idempotent, |attempt| {
-                sends += 1;
-                let resend = sends > 1;
-                let request = &request;
-                async move {
-                    if resend {
-                        call.pacer.acquire(count).await;
-                    }
-                    let result = self.send_batch_once(request.clone(), attempt).await;
-                    if matches!(&result, Err(error) if error.code() == Some(Code::ResourceExhausted))
-                    {
-                        call.pacer.exhausted();
-                    }
-                    result
-                }
-            })
+            .with_paced_retries(
+                &call.until(deadline),
+                Idempotency::Idempotent,
+                Some(pace),
+                |attempt| self.send_batch_once(request.clone(), attempt),
+            )
             .await;
         let operation = match sent.result {
             Ok(operation) => self.wait_operation(operation, deadline, call).await,
