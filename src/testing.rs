@@ -528,9 +528,20 @@ impl Service {
         } else if !state.used_names.insert(task.name.clone()) {
             return Err(Status::already_exists("Requested entity already exists"));
         }
-        let now = prost_types::Timestamp::from(SystemTime::now());
-        task.create_time = Some(now);
-        task.schedule_time.get_or_insert(now);
+        // As Cloud Tasks: the creation time to the second, and a schedule time that is unset
+        // or past is now.
+        let mut now = prost_types::Timestamp::from(SystemTime::now());
+        now.nanos -= now.nanos % 1000;
+        task.create_time = Some(prost_types::Timestamp {
+            seconds: now.seconds,
+            nanos: 0,
+        });
+        let in_the_future = |time: &prost_types::Timestamp| {
+            (time.seconds, time.nanos) > (now.seconds, now.nanos)
+        };
+        if !task.schedule_time.as_ref().is_some_and(in_the_future) {
+            task.schedule_time = Some(now);
+        }
         task.view = pb::task::View::Basic.into();
         if !state.forget_history {
             state.tasks.push(task.clone());

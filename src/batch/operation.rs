@@ -18,7 +18,7 @@ use crate::proto::{
 };
 use crate::retry::{Attempt, Idempotency, Pace};
 
-use super::pairing::CreatedTasks;
+use super::pairing::pair;
 use super::{BulkCall, Keyed};
 
 /// The largest batch answer accepted: with the FULL view an operation returns its created
@@ -245,9 +245,9 @@ impl CloudTasksClient {
     /// response lists the created tasks in no promised order ("The tasks that were
     /// successfully created"), so nothing is paired by position: a named task is found by its
     /// name, an unnamed one by its content (URL, method, body, the headers it was sent with,
-    /// schedule time), which the FULL view returns. Two requests of one batch with the same
-    /// content are the same request twice: either created task is theirs. A request neither
-    /// failed nor found is reported as an error that may have created the task.
+    /// schedule time as Cloud Tasks sets it), which the FULL view returns (`pairing.rs`). Two
+    /// requests of one batch with the same content each get one created task. A request
+    /// neither failed nor found is reported as an error that may have created the task.
     fn batch_outcomes(&self, operation: Operation, sent: Vec<Task>) -> Vec<Round> {
         let metadata = operation
             .metadata
@@ -278,7 +278,15 @@ impl CloudTasksClient {
             None => (Vec::new(), None),
         };
         let batch_error = batch_error.map(|status| self.status_error(status));
-        let mut created = CreatedTasks::new(created, &sent);
+        let claimants: Vec<Option<&Task>> = sent
+            .iter()
+            .enumerate()
+            .map(|(index, task)| {
+                let failed = i32::try_from(index).is_ok_and(|index| failed.contains_key(&index));
+                (!failed && batch_error.is_none()).then_some(task)
+            })
+            .collect();
+        let mut paired = pair(created, &claimants);
         sent.into_iter()
             .enumerate()
             .map(|(index, task)| {
@@ -301,7 +309,7 @@ impl CloudTasksClient {
                 if let Some(error) = &batch_error {
                     return Round::Done(Err(error.clone()));
                 }
-                Round::Done(created.take(&task).map_or_else(
+                Round::Done(paired[index].take().map_or_else(
                     || {
                         Err(self.status_error(tonic::Status::unknown(
                             "BatchCreateTasks finished without reporting this task as failed, \
