@@ -75,9 +75,10 @@ pub enum Fault {
     /// Store as usual, fail with this status, then stop serving, as a server that crashed
     /// after committing: later connections are refused until [`MockCloudTasks::restart`].
     Vanish(Code, String),
-    /// Answer as usual, then restart: every connection gets a GOAWAY, calls in flight finish,
-    /// calls sent after it are refused unprocessed, and the server serves again on the same
-    /// address with the same state.
+    /// Answer as usual, then restart: every connection gets a GOAWAY, calls in flight have
+    /// 300 ms to finish before their connections are dropped, calls sent after the GOAWAY
+    /// are refused unprocessed, and the server serves again on the same address with the
+    /// same state.
     Restart,
     /// Reset the call's HTTP/2 stream (RST_STREAM) with this error code (e.g. 0x7
     /// REFUSED_STREAM, 0xb ENHANCE_YOUR_CALM), before storing anything or after storing.
@@ -95,6 +96,10 @@ enum Lifecycle {
     Stop,
     Restart,
 }
+
+/// How long calls in flight may take to finish when a [`Fault::Restart`] restarts the
+/// server.
+const RESTART_GRACE: Duration = Duration::from_millis(300);
 
 /// The response header by which a call's handler asks [`ResetLayer`] to reset its stream.
 const RESET_HEADER: &str = "x-mock-reset-stream";
@@ -139,6 +144,57 @@ struct State {
     /// `lifecycle_changed`.
     lifecycle: Option<Lifecycle>,
     lifecycle_changed: Arc<tokio::sync::Notify>,
+    /// Faults drawn for calls that have none queued.
+    random_faults: Option<RandomFaults>,
+}
+
+/// A seeded draw of faults: each call fails with probability `rate`, in one of the ways of
+/// [`RandomFaults::draw`].
+#[derive(Debug)]
+struct RandomFaults {
+    rng: fastrand::Rng,
+    rate: f64,
+    hang: Duration,
+}
+
+impl RandomFaults {
+    /// HTTP/2 error codes (RFC 9113, section 7).
+    const REFUSED_STREAM: u32 = 0x7;
+    const CANCEL: u32 = 0x8;
+    const INTERNAL_ERROR: u32 = 0x2;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    fn draw(&mut self) -> Option<Fault> {
+        if self.rng.f64() >= self.rate {
+            return None;
+        }
+        let lost = || "the reply was lost".to_owned();
+        // Restarts are rarer: each closes every connection, and a client's calls wait for
+        // the server to be back.
+        Some(match self.rng.u8(0..15) {
+            0 | 1 => Fault::Reject(Code::Unavailable, "backend restarting".to_owned()),
+            2 | 3 => Fault::FailAfterStore(Code::Unavailable, lost()),
+            4 | 5 => Fault::Delay(self.hang),
+            // REFUSED_STREAM promises the stream was not processed: only before storing.
+            6 | 7 => Fault::Reset {
+                reason: Self::REFUSED_STREAM,
+                after_store: false,
+            },
+            8 | 9 => Fault::Reset {
+                reason: Self::CANCEL,
+                after_store: false,
+            },
+            10 | 11 => Fault::Reset {
+                reason: Self::ENHANCE_YOUR_CALM,
+                after_store: true,
+            },
+            12 | 13 => Fault::Reset {
+                reason: Self::INTERNAL_ERROR,
+                after_store: true,
+            },
+            _ => Fault::Restart,
+        })
+    }
 }
 
 /// A token bucket of tasks, as Cloud Tasks' quota refuses calls past a rate: a call of `n`
@@ -246,21 +302,35 @@ impl MockCloudTasks {
                             accepted
                         });
                 let mut stop_requested = false;
+                let restart_requested = tokio::sync::Notify::new();
                 let shutdown = async {
                     tokio::select! {
                         _ = &mut stopped => stop_requested = true,
-                        () = lifecycle_changed.notified() => {}
+                        () = lifecycle_changed.notified() => restart_requested.notify_one(),
                     }
                 };
-                // The server's own errors end the test's connection, which the test then sees.
-                if let Err(error) = router
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-                {
-                    tracing::error!(%error, "mock Cloud Tasks server failed");
+                let serving = router.serve_with_incoming_shutdown(incoming, shutdown);
+                // A restart a fault asked for gives calls in flight a moment, then drops the
+                // connections that are left, as a crashing server would: a graceful wait
+                // would last as long as the slowest (hung) call.
+                let grace_expired = async {
+                    restart_requested.notified().await;
+                    tokio::time::sleep(RESTART_GRACE).await;
+                };
+                tokio::select! {
+                    served = serving => {
+                        // The server's own errors end the test's connection, which the test
+                        // then sees.
+                        if let Err(error) = served {
+                            tracing::error!(%error, "mock Cloud Tasks server failed");
+                        }
+                    }
+                    () = grace_expired => {}
                 }
+                // Two restarts asked for at once are one (the second's wake-up may come after
+                // the first took the request).
                 let next = lock(&state).lifecycle.take();
-                if stop_requested || !matches!(next, Some(Lifecycle::Restart)) {
+                if stop_requested || matches!(next, Some(Lifecycle::Stop)) {
                     return;
                 }
                 listener = match TcpListener::bind(addr).await {
@@ -299,6 +369,22 @@ impl MockCloudTasks {
     /// Queues a fault for the next call that has none yet; faults apply in order.
     pub fn push_fault(&self, fault: Fault) {
         self.lock().faults.push_back(fault);
+    }
+
+    /// From now on, each call that has no queued fault fails with probability `rate`, drawn
+    /// from a generator seeded with `seed`, in one of these ways (each 2/15 likely, a
+    /// restart 1/15): rejected
+    /// UNAVAILABLE before storing; stored, then answered UNAVAILABLE; hung for `hang` before
+    /// storing (a client that gives up first cancels it); its stream reset before storing
+    /// (REFUSED_STREAM or CANCEL) or after storing (ENHANCE_YOUR_CALM or INTERNAL_ERROR); or
+    /// answered, then the server restarted (GOAWAY to every connection). The draws follow
+    /// the order calls arrive in, which concurrent clients do not fix.
+    pub fn set_random_faults(&self, seed: u64, rate: f64, hang: Duration) {
+        self.lock().random_faults = Some(RandomFaults {
+            rng: fastrand::Rng::with_seed(seed),
+            rate,
+            hang,
+        });
     }
 
     /// Every `CreateTask` request received, in order, including rejected ones.
@@ -490,7 +576,13 @@ impl Service {
     /// Takes the next fault, waiting out any delays first.
     async fn next_fault(&self) -> Option<Fault> {
         loop {
-            let fault = lock(&self.state).faults.pop_front();
+            let fault = {
+                let mut state = lock(&self.state);
+                match state.faults.pop_front() {
+                    Some(fault) => Some(fault),
+                    None => state.random_faults.as_mut().and_then(RandomFaults::draw),
+                }
+            };
             match fault {
                 Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
                 other => return other,
@@ -536,9 +628,8 @@ impl Service {
             seconds: now.seconds,
             nanos: 0,
         });
-        let in_the_future = |time: &prost_types::Timestamp| {
-            (time.seconds, time.nanos) > (now.seconds, now.nanos)
-        };
+        let in_the_future =
+            |time: &prost_types::Timestamp| (time.seconds, time.nanos) > (now.seconds, now.nanos);
         if !task.schedule_time.as_ref().is_some_and(in_the_future) {
             task.schedule_time = Some(now);
         }
