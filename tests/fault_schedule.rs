@@ -28,7 +28,7 @@ use cloud_tasks::{
 };
 use common::*;
 
-const CI_SEEDS: [u64; 3] = [17, 4242, 90_001];
+const CI_SEEDS: [u64; 2] = [17, 4242];
 
 /// Share of calls that fail.
 const FAULT_RATE: f64 = 0.5;
@@ -205,10 +205,10 @@ async fn no_duplicate_no_false_created_no_false_not_created_under_random_faults(
     let mut failures = Vec::new();
     for seed in seeds() {
         for (variant, mode, named, documents) in [
-            (0, EnqueueMode::Batch, false, 800),
-            (1, EnqueueMode::Batch, true, 800),
-            (2, EnqueueMode::PerTask, false, 300),
-            (3, EnqueueMode::PerTask, true, 300),
+            (0, EnqueueMode::Batch, false, 600),
+            (1, EnqueueMode::Batch, true, 600),
+            (2, EnqueueMode::PerTask, false, 200),
+            (3, EnqueueMode::PerTask, true, 200),
         ] {
             let (violations, tally) = run(seed * 4 + variant, mode, named, documents).await;
             total.created += tally.created;
