@@ -147,6 +147,8 @@ struct State {
     lifecycle_changed: Arc<tokio::sync::Notify>,
     /// Faults drawn for calls that have none queued.
     random_faults: Option<RandomFaults>,
+    /// RPCs answered UNIMPLEMENTED, by name.
+    unimplemented: HashSet<&'static str>,
     /// The caller's permissions by resource; `None` allows every call.
     grants: Option<Vec<(String, HashSet<String>)>>,
 }
@@ -369,6 +371,26 @@ impl MockCloudTasks {
         self.lock().queues = Some(queues.into_iter().map(Into::into).collect());
     }
 
+    /// Answers these RPCs (by name: `"BatchCreateTasks"`, `"GetTask"`...) with UNIMPLEMENTED
+    /// from now on, as a server without them does (an emulator); they are still recorded.
+    ///
+    /// # Panics
+    /// On a name that is not one of the RPCs the client makes.
+    pub fn set_unimplemented<'a>(&self, methods: impl IntoIterator<Item = &'a str>) {
+        let unimplemented = methods
+            .into_iter()
+            .map(|method| {
+                MOCKED_METHODS
+                    .into_iter()
+                    .find(|known| *known == method)
+                    .unwrap_or_else(|| {
+                        panic!("{method:?} is none of the mock's RPCs: {MOCKED_METHODS:?}")
+                    })
+            })
+            .collect();
+        self.lock().unimplemented = unimplemented;
+    }
+
     /// Queues a fault for the next call that has none yet; faults apply in order.
     pub fn push_fault(&self, fault: Fault) {
         self.lock().faults.push_back(fault);
@@ -561,6 +583,15 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl State {
+    /// UNIMPLEMENTED if the test took `method` away, as gRPC servers answer a method they
+    /// lack (before looking at the caller's permissions).
+    fn implemented(&self, method: &str) -> Result<(), Status> {
+        if self.unimplemented.contains(method) {
+            return Err(Status::unimplemented(format!("Method not found: {method}")));
+        }
+        Ok(())
+    }
+
     /// The stored task named `name`, or NOT_FOUND as Cloud Tasks answers for a task that was
     /// never created, already ran or was deleted.
     fn task_mut(&mut self, name: &str) -> Result<&mut Task, Status> {
@@ -887,6 +918,7 @@ impl CloudTasks for Service {
                     message: message.clone(),
                 });
             }
+            state.implemented("CreateTask")?;
             state.require_create(Rpc::CreateTask, &message.parent, [&message])?;
         }
         self.check_quota(1)?;
@@ -909,6 +941,7 @@ impl CloudTasks for Service {
                     message: message.clone(),
                 });
             }
+            state.implemented("BatchCreateTasks")?;
             state.require_create(Rpc::BatchCreateTasks, &message.parent, &message.requests)?;
         }
         self.check_quota(message.requests.len())?;
@@ -929,6 +962,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).implemented("GetTask")?;
         lock(&self.state).require_read(Rpc::GetTask, &message.name, message.response_view)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
@@ -947,6 +981,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).implemented("DeleteTask")?;
         lock(&self.state).require_read(Rpc::DeleteTask, &message.name, 0)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
@@ -968,6 +1003,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).implemented("RunTask")?;
         lock(&self.state).require_read(Rpc::RunTask, &message.name, message.response_view)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
@@ -999,6 +1035,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).implemented("ListTasks")?;
         lock(&self.state).require_read(Rpc::ListTasks, &message.parent, message.response_view)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
@@ -1048,6 +1085,17 @@ impl CloudTasks for Service {
         )
     }
 }
+
+/// The RPCs the mock serves, by name.
+const MOCKED_METHODS: [&str; 7] = [
+    "CreateTask",
+    "BatchCreateTasks",
+    "GetOperation",
+    "GetTask",
+    "DeleteTask",
+    "RunTask",
+    "ListTasks",
+];
 
 /// Records a call unless the server forgets its history.
 fn record<T: Clone>(
@@ -1195,6 +1243,7 @@ impl Operations for OperationsService {
                 message: message.clone(),
             });
         }
+        state.implemented("GetOperation")?;
         state.require(Rpc::GetOperation.requirement().permission, &message.name)?;
         let operation = state
             .operations
