@@ -18,7 +18,7 @@ use crate::config::{Settings, Target};
 use crate::error::{self, Call, CallContext, Error};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use crate::rate::Pacer;
-use crate::retry::{self, Attempt, Attempted, Idempotency, RetryPolicy};
+use crate::retry::{self, Attempt, Attempted, Idempotency, Pace, RetryPolicy};
 use crate::task::{DocumentTask, HttpTask, NewTask};
 use crate::telemetry::{self, CallRecord, Rpc, Server};
 use crate::transport::{ConnectionOptions, Http2Channel, Security, SetupError};
@@ -305,30 +305,14 @@ impl CloudTasksClient {
             .attempt_timeout
             .unwrap_or(self.inner.attempt_timeout);
         let total_timeout = options.total_timeout.unwrap_or(self.inner.total_timeout);
-        let mut sends = 0_u32;
         let outcome = retry::run(
             call,
             policy,
             idempotency,
             attempt_timeout,
             total_timeout,
-            |attempt| {
-                sends += 1;
-                let resend = sends > 1;
-                let request = &request;
-                async move {
-                    if let (Some(pacer), true) = (pacer, resend) {
-                        pacer.acquire(1).await;
-                    }
-                    let result = self.send_create_task(request, attempt).await;
-                    if let (Some(pacer), Err(error)) = (pacer, &result)
-                        && error.code() == Some(crate::error::Code::ResourceExhausted)
-                    {
-                        pacer.exhausted();
-                    }
-                    result
-                }
-            },
+            pacer.map(|pacer| Pace { pacer, tasks: 1 }),
+            |attempt| self.send_create_task(&request, attempt),
         )
         .await;
         let latency_ms = started.elapsed().as_millis();
@@ -413,6 +397,23 @@ impl CloudTasksClient {
         F: FnMut(Attempt) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
+        self.with_paced_retries(call, options, idempotency, None, attempt)
+            .await
+    }
+
+    /// [`Self::with_retries`], with each resend waiting for its turn under `pace`.
+    pub(crate) async fn with_paced_retries<T, F, Fut>(
+        &self,
+        call: &CallRecord<'_>,
+        options: &CallOptions,
+        idempotency: Idempotency,
+        pace: Option<Pace<'_>>,
+        attempt: F,
+    ) -> Attempted<T>
+    where
+        F: FnMut(Attempt) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
         let inner = &*self.inner;
         retry::run(
             call,
@@ -420,6 +421,7 @@ impl CloudTasksClient {
             idempotency,
             options.attempt_timeout.unwrap_or(inner.attempt_timeout),
             options.total_timeout.unwrap_or(inner.total_timeout),
+            pace,
             attempt,
         )
         .await

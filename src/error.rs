@@ -84,6 +84,18 @@ pub enum Error {
         cause: Box<Error>,
     },
 
+    /// A retried call failed for good, but an earlier attempt may have reached Cloud Tasks
+    /// (it was sent and its answer was lost): whatever the last attempt failed with, the task
+    /// (or the batch's tasks, or the document call's effect) may exist, so
+    /// [`Error::task_may_exist`] is true. [`Error::code`] and the other predicates are the last
+    /// attempt's.
+    AfterPossiblyProcessed {
+        /// The last attempt's failure.
+        last: Box<Error>,
+        /// The first failure of an attempt that may have been processed.
+        earlier: Box<Error>,
+    },
+
     /// Google credentials could not be loaded or could not produce an access token.
     Auth {
         /// The credentials error.
@@ -138,6 +150,13 @@ impl fmt::Display for Error {
                 "operation {operation} of an accepted BatchCreateTasks call could not be read: \
                  {cause}; the batch was accepted, so its tasks may or may not exist"
             ),
+            Self::AfterPossiblyProcessed { last, earlier } => write!(
+                f,
+                "the call failed: {last}. But an earlier attempt may have reached Cloud Tasks \
+                 ({earlier}), so the task may or may not exist: check the queue before \
+                 enqueuing an unnamed task again; a de-duplicated (named) task may be enqueued \
+                 again"
+            ),
             Self::Auth { source } => write!(
                 f,
                 "cannot get Google credentials: {source}. Run `gcloud auth application-default \
@@ -162,6 +181,7 @@ impl std::error::Error for Error {
             | Self::NotProcessed { status, .. } => Some(&*status.inner),
             Self::Auth { source } | Self::Transport { source, .. } => Some(&**source),
             Self::OperationLost { cause, .. } => Some(&**cause),
+            Self::AfterPossiblyProcessed { last, .. } => Some(&**last),
             Self::InvalidTask(_) | Self::Timeout { .. } => None,
         }
     }
@@ -198,6 +218,7 @@ impl Error {
             | Self::Connect { status, .. }
             | Self::NotProcessed { status, .. } => Some(status),
             Self::OperationLost { cause, .. } => cause.status(),
+            Self::AfterPossiblyProcessed { last, .. } => last.status(),
             _ => None,
         }
     }
@@ -249,7 +270,12 @@ impl Error {
 
     /// The call timed out, on this side or on the server.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Self::Timeout { .. }) || self.code() == Some(Code::DeadlineExceeded)
+        match self {
+            Self::AfterPossiblyProcessed { last, .. } => last.is_timeout(),
+            _ => {
+                matches!(self, Self::Timeout { .. }) || self.code() == Some(Code::DeadlineExceeded)
+            }
+        }
     }
 
     /// The request provably never reached Cloud Tasks' processing: it failed locally
@@ -276,6 +302,9 @@ impl Error {
 
     /// The failure is transient: the same call may succeed later.
     pub fn is_transient(&self) -> bool {
+        if let Self::AfterPossiblyProcessed { last, .. } = self {
+            return last.is_transient();
+        }
         matches!(
             self,
             Self::Timeout { .. } | Self::Connect { .. } | Self::NotProcessed { .. }
@@ -287,24 +316,29 @@ impl Error {
 
     /// The request may have reached Cloud Tasks and created the task even though the call
     /// failed. Enqueuing again without a task name could create a duplicate.
+    ///
+    /// True for a call whose earlier attempt may have been processed, whatever its last
+    /// attempt failed with ([`Error::AfterPossiblyProcessed`]), and for an HTTP/2 stream reset
+    /// after the request was sent, whatever its code (RESET_STREAM ENHANCE_YOUR_CALM is
+    /// RESOURCE_EXHAUSTED in gRPC's mapping, but unlike a quota refusal it does not say the
+    /// call was not processed).
     pub fn task_may_exist(&self) -> bool {
-        matches!(
-            self,
-            Self::Timeout {
-                request_sent: true,
-                ..
-            } | Self::OperationLost { .. }
-        ) || matches!(self, Self::Rpc { .. })
-            && matches!(
-                self.code(),
-                Some(
-                    Code::Unavailable
-                        | Code::DeadlineExceeded
-                        | Code::Unknown
-                        | Code::Internal
-                        | Code::Cancelled
-                )
-            )
+        match self {
+            Self::Timeout { request_sent, .. } => *request_sent,
+            Self::OperationLost { .. } | Self::AfterPossiblyProcessed { .. } => true,
+            Self::Rpc { status, .. } => {
+                status.failed_in_transport
+                    || matches!(
+                        status.code(),
+                        Code::Unavailable
+                            | Code::DeadlineExceeded
+                            | Code::Unknown
+                            | Code::Internal
+                            | Code::Cancelled
+                    )
+            }
+            _ => false,
+        }
     }
 }
 
@@ -349,6 +383,13 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
     let detail = status.message();
     let (project_location, queue_id) = queue.rsplit_once("/queues/").unwrap_or((queue, queue));
     let message = match status.code() {
+        // The server did not answer this; HTTP/2 failed after the request was handed over
+        // (REFUSED_STREAM and GOAWAY, which say it was not processed, are `NotProcessed`).
+        code if status.failed_in_transport && !matches!(code, Code::Unavailable) => format!(
+            "the HTTP/2 stream to Cloud Tasks at {endpoint} failed after the request was sent \
+             ({code}: {detail}); Cloud Tasks may have processed it, so the task may or may not \
+             exist. Check the queue before enqueuing again, or use de-duplicated (named) tasks"
+        ),
         Code::NotFound => match call {
             Call::GetTask(task) | Call::DeleteTask(task) | Call::RunTask(task) => format!(
                 "task {task} does not exist: it was never enqueued (or under another dedupe \
@@ -623,12 +664,16 @@ impl fmt::Display for Code {
 pub struct Status {
     code: Code,
     inner: Arc<tonic::Status>,
+    /// The transport made this status from an HTTP/2 failure (a reset stream, a lost
+    /// connection) rather than receiving it from the server.
+    failed_in_transport: bool,
 }
 
 impl Status {
     pub(crate) fn new(status: tonic::Status) -> Self {
         Self {
             code: Code::from(i32::from(status.code())),
+            failed_in_transport: cause::<h2::Error>(&status).is_some(),
             inner: Arc::new(status),
         }
     }

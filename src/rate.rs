@@ -4,8 +4,8 @@
 //! Cloud Tasks' "Manage scaling risks" page asks for a 500/50/5 pattern: at most 500
 //! operations per second to a cold queue, then growth of no more than 50% every 5 minutes.
 //! [`RateLimit`] is that plan (or a fixed rate, or none); the pacer follows it and, when Cloud
-//! Tasks answers RESOURCE_EXHAUSTED, halves the rate and then recovers additively up to the
-//! plan again.
+//! Tasks answers RESOURCE_EXHAUSTED, halves the rate and then recovers multiplicatively (10%
+//! a second, compounded) up to the plan again.
 //!
 //! A small scheduler rather than `governor`: governor's quota is fixed when the limiter is
 //! built, and AIMD changes the rate on every quota refusal. Here a call of `n` tasks reserves
@@ -26,14 +26,18 @@ const RAMP_GROWTH: f64 = 1.5;
 const MIN_RATE: f64 = 1.0;
 /// The calls in flight all see the same overload: one decrease per this long.
 const DECREASE_HOLD: Duration = Duration::from_secs(1);
-/// After a decrease, the rate grows back by this share of the rate before it, per second.
-const RECOVERY_PER_SECOND: f64 = 0.05;
+/// After a decrease, the rate grows back by this factor per second (compounded), as TCP's
+/// window grows multiplicatively rather than by a constant: from `rate` the plan is back
+/// within `ln(plan / rate) / ln(1.1)` seconds, 7.3 s after one halving and 65 s from the
+/// floor of 1 task/s up to 500/s, whatever the rate before the decrease.
+const RECOVERY_PER_SECOND: f64 = 1.1;
 
 /// How fast a bulk enqueue may create tasks, counted in tasks (a batch of 100 is 100 tasks).
 ///
 /// The default follows Cloud Tasks' 500/50/5 guidance: 500 tasks/s, then 50% more every 5
-/// minutes. Whatever the plan, a RESOURCE_EXHAUSTED answer halves the current rate and it
-/// recovers gradually (AIMD); the plan is the ceiling the recovery returns to.
+/// minutes, counted from the first send. Whatever the plan, a RESOURCE_EXHAUSTED answer halves
+/// the current rate and it recovers by 10% a second, compounded; the plan is the ceiling the
+/// recovery returns to, within `ln(plan / rate) / ln(1.1)` seconds (7.3 s after one halving).
 ///
 /// ```
 /// use std::time::Duration;
@@ -87,7 +91,7 @@ impl RateLimit {
 
     /// No limit of its own, for emulators and tests: calls go out as fast as `concurrency`
     /// allows until Cloud Tasks answers RESOURCE_EXHAUSTED, after which the rate is half the
-    /// rate achieved then, recovering additively.
+    /// rate achieved then, recovering by 10% a second.
     pub const fn none() -> Self {
         Self {
             start: None,
@@ -157,11 +161,13 @@ pub(crate) struct Pacer {
 
 #[derive(Debug)]
 struct PaceState {
-    started: Instant,
+    /// The first send: the ramp's clock starts there, not when the pacer is built (a caller
+    /// may build the enqueuer long before it has tasks).
+    started: Option<Instant>,
     /// The current rate: the plan, or less after RESOURCE_EXHAUSTED; infinite without a limit.
     rate: f64,
-    /// After a decrease: tasks/s the rate regains per second until it is back at the plan.
-    recovery: Option<f64>,
+    /// After a decrease, until the rate is back at the plan.
+    recovering: bool,
     last_update: Instant,
     last_decrease: Option<Instant>,
     /// When the next call may start.
@@ -179,9 +185,9 @@ impl Pacer {
         Self {
             limit,
             state: Mutex::new(PaceState {
-                started: now,
+                started: None,
                 rate: limit.planned_rate(Duration::ZERO).unwrap_or(f64::INFINITY),
-                recovery: None,
+                recovering: false,
                 last_update: now,
                 last_decrease: None,
                 next_free: now,
@@ -194,20 +200,43 @@ impl Pacer {
 
     /// Waits until `tasks` more tasks may be sent.
     pub(crate) async fn acquire(&self, tasks: usize) {
+        self.acquire_before(tasks, None).await;
+    }
+
+    /// Waits until `tasks` more tasks may be sent, if their turn comes before `deadline`;
+    /// otherwise returns `false` at once and reserves nothing, so a call that could not be
+    /// sent in time holds no one else's turn.
+    pub(crate) async fn acquire_before(&self, tasks: usize, deadline: Option<Instant>) -> bool {
         let start = {
             let mut state = self.lock();
             let now = Instant::now();
+            state.started.get_or_insert(now);
             state.update(now, &self.limit);
-            state.count(now, tasks as f64);
             if state.rate.is_infinite() {
-                return;
+                state.count(now, tasks as f64);
+                return true;
             }
             crate::telemetry::pace(state.rate);
             let start = state.next_free.max(now);
+            if deadline.is_some_and(|deadline| start >= deadline) {
+                return false;
+            }
+            state.count(now, tasks as f64);
             state.next_free = start + Duration::from_secs_f64(tasks as f64 / state.rate);
             start
         };
         tokio::time::sleep_until(start).await;
+        true
+    }
+
+    /// The most tasks one call should carry: one second's worth at the current rate (at
+    /// least 1), so a slow rate is not sent in bursts of a whole batch.
+    pub(crate) fn tasks_per_call(&self, most: usize) -> usize {
+        self.current_rate().map_or(most, |rate| {
+            // `as` saturates; a rate is at least 1.
+            let per_second = rate.floor() as usize;
+            per_second.clamp(1, most)
+        })
     }
 
     /// Cloud Tasks refused a call for quota: halve the rate (once per [`DECREASE_HOLD`]).
@@ -233,7 +262,7 @@ impl Pacer {
             state.measured.max(current)
         };
         state.rate = (before / 2.0).max(MIN_RATE);
-        state.recovery = Some((before * RECOVERY_PER_SECOND).max(MIN_RATE));
+        state.recovering = true;
         state.last_decrease = Some(now);
         tracing::info!(rate = state.rate, "RESOURCE_EXHAUSTED: enqueue rate halved");
     }
@@ -255,20 +284,20 @@ impl Pacer {
 impl PaceState {
     /// Follows the plan, or recovers towards it after a decrease.
     fn update(&mut self, now: Instant, limit: &RateLimit) {
-        let planned = limit
-            .planned_rate(now.duration_since(self.started))
-            .unwrap_or(f64::INFINITY);
+        let elapsed = self
+            .started
+            .map_or(Duration::ZERO, |started| now.duration_since(started));
+        let planned = limit.planned_rate(elapsed).unwrap_or(f64::INFINITY);
         let dt = now.duration_since(self.last_update).as_secs_f64();
         self.last_update = now;
-        match self.recovery {
-            Some(step) => {
-                self.rate += step * dt;
-                if self.rate >= planned {
-                    self.rate = planned;
-                    self.recovery = None;
-                }
+        if self.recovering {
+            self.rate *= RECOVERY_PER_SECOND.powf(dt);
+            if self.rate >= planned {
+                self.rate = planned;
+                self.recovering = false;
             }
-            None => self.rate = planned,
+        } else {
+            self.rate = planned;
         }
     }
 
@@ -357,22 +386,80 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn resource_exhausted_halves_the_rate_once_per_second_and_it_recovers_additively() {
+    async fn resource_exhausted_halves_the_rate_once_per_second_and_it_recovers_multiplicatively() {
         let pacer = Pacer::new(RateLimit::fixed(1000));
         assert_eq!(pacer.current_rate(), Some(1000.0));
         pacer.exhausted();
         pacer.exhausted();
         assert_eq!(pacer.current_rate(), Some(500.0), "one decrease per second");
         tokio::time::advance(Duration::from_secs(1)).await;
-        // +5% of 1000 per second.
-        assert_eq!(pacer.current_rate(), Some(550.0));
-        pacer.exhausted();
-        assert_eq!(pacer.current_rate(), Some(275.0));
-        tokio::time::advance(Duration::from_secs(60)).await;
+        // +10% a second, compounded.
+        let rate = pacer.current_rate().unwrap();
+        assert!((rate - 550.0).abs() < 1e-6, "{rate}");
+        // One halving is made up within ln 2 / ln 1.1 = 7.3 s.
+        tokio::time::advance(Duration::from_millis(6300)).await;
         assert_eq!(
             pacer.current_rate(),
             Some(1000.0),
             "back at the plan, not above"
+        );
+    }
+
+    /// Cascading halvings down to the floor of 1 task/s: the plan is back within
+    /// ln(1000) / ln(1.1) = 72.5 s, not the 8 minutes additive recovery took.
+    #[tokio::test(start_paused = true)]
+    async fn recovery_from_the_floor_takes_the_stated_bound() {
+        let pacer = Pacer::new(RateLimit::fixed(1000));
+        // A halving a second (each second regaining 10%) reaches the floor within 15.
+        for _ in 0..15 {
+            pacer.exhausted();
+            tokio::time::advance(DECREASE_HOLD).await;
+        }
+        pacer.exhausted();
+        assert_eq!(pacer.current_rate(), Some(MIN_RATE));
+        let bound = 1000_f64.ln() / RECOVERY_PER_SECOND.ln();
+        tokio::time::advance(Duration::from_secs_f64(bound - 1.0)).await;
+        assert!(pacer.current_rate() < Some(1000.0), "not before the bound");
+        tokio::time::advance(Duration::from_secs_f64(bound.ceil() - (bound - 1.0))).await;
+        assert_eq!(pacer.current_rate(), Some(1000.0));
+    }
+
+    /// The ramp counts from the first send: an enqueuer built ten minutes before its first
+    /// task starts at 500/s, not 1125/s.
+    #[tokio::test(start_paused = true)]
+    async fn the_ramp_starts_at_the_first_send() {
+        let pacer = Pacer::new(RateLimit::default());
+        tokio::time::advance(Duration::from_secs(600)).await;
+        assert_eq!(pacer.current_rate(), Some(500.0));
+        pacer.acquire(1).await;
+        tokio::time::advance(RAMP_INTERVAL).await;
+        assert_eq!(pacer.current_rate(), Some(750.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_carries_at_most_one_second_of_the_rate() {
+        assert_eq!(Pacer::new(RateLimit::fixed(30)).tasks_per_call(100), 30);
+        assert_eq!(Pacer::new(RateLimit::fixed(500)).tasks_per_call(100), 100);
+        assert_eq!(Pacer::new(RateLimit::none()).tasks_per_call(100), 100);
+        let pacer = Pacer::new(RateLimit::fixed(3));
+        pacer.exhausted();
+        pacer.exhausted();
+        assert_eq!(pacer.tasks_per_call(100), 1);
+    }
+
+    /// A turn that would come after the deadline is not taken, so it delays no one.
+    #[tokio::test(start_paused = true)]
+    async fn a_turn_after_the_deadline_is_not_reserved() {
+        let pacer = Pacer::new(RateLimit::fixed(1));
+        pacer.acquire(5).await;
+        let soon = Instant::now() + Duration::from_secs(2);
+        assert!(!pacer.acquire_before(1, Some(soon)).await);
+        let started = Instant::now();
+        assert!(pacer.acquire_before(1, None).await);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(5),
+            "the refused turn took nothing"
         );
     }
 

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::{Code, Error};
+use crate::rate::Pacer;
 use crate::telemetry::CallRecord;
 use crate::transport::RequestWritten;
 
@@ -129,15 +130,30 @@ pub(crate) struct Attempt {
     pub(crate) written: RequestWritten,
 }
 
+/// The pace a bulk call's resends keep: each waits for its `tasks`' turn on the shared
+/// `pacer`, and RESOURCE_EXHAUSTED slows the pacer down. The first attempt's turn is the
+/// caller's to wait for, before the call's deadline starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace<'a> {
+    pub(crate) pacer: &'a Pacer,
+    pub(crate) tasks: usize,
+}
+
 /// Runs `attempt` until it succeeds, fails for good, or the total deadline leaves no time for
-/// another attempt. `attempt` receives the time it may take, at most `attempt_timeout`. Each
-/// attempt runs in its own span under `call`'s and is recorded there.
+/// another attempt. `attempt` receives the time it may take, at most `attempt_timeout`.
+///
+/// With a `pace`, a resend first waits for its turn, outside its attempt's time: an attempt
+/// that waited for the pace inside its deadline could time out waiting, keep its turn and
+/// take another for its retry, until a slow pace had no turn left that anyone used. A turn
+/// that would come after the total deadline is not taken; the call ends with its last error.
+/// Each attempt runs in its own span under `call`'s and is recorded there.
 pub(crate) async fn run<T, F, Fut>(
     call: &CallRecord<'_>,
     policy: &RetryPolicy,
     idempotency: Idempotency,
     attempt_timeout: Duration,
     total_timeout: Duration,
+    pace: Option<Pace<'_>>,
     mut attempt: F,
 ) -> Attempted<T>
 where
@@ -147,6 +163,9 @@ where
     let deadline = Instant::now() + total_timeout;
     let mut attempts = 0;
     let mut previous_not_processed = false;
+    // The first failure of an attempt that may have been processed: a later attempt's failure,
+    // even one that sent nothing, cannot undo it.
+    let mut possibly_processed: Option<Error> = None;
     loop {
         attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
@@ -181,6 +200,11 @@ where
             }
             Err(error) => error,
         };
+        if let Some(pace) = pace
+            && error.code() == Some(Code::ResourceExhausted)
+        {
+            pace.pacer.exhausted();
+        }
         // As gRPC's transparent retry: a request the server did not process goes again at once
         // (on another connection when its own was retired); a second time in a row, after the
         // backoff.
@@ -194,13 +218,36 @@ where
         let out_of_time = Instant::now() + wait >= deadline;
         if attempts >= policy.max_attempts || out_of_time || !is_retryable(&error, idempotency) {
             return Attempted {
-                result: Err(error),
+                result: Err(remembering(error, possibly_processed)),
                 attempts,
             };
+        }
+        if possibly_processed.is_none() && error.task_may_exist() {
+            possibly_processed = Some(error.clone());
         }
         tracing::debug!(attempt = attempts, wait_ms = wait.as_millis(), %error, "retrying");
         call.retrying(&error);
         tokio::time::sleep(wait).await;
+        if let Some(pace) = pace
+            && !pace.pacer.acquire_before(pace.tasks, Some(deadline)).await
+        {
+            return Attempted {
+                result: Err(remembering(error, possibly_processed)),
+                attempts,
+            };
+        }
+    }
+}
+
+/// The call's error: the last attempt's, marked as possibly processed if an earlier attempt
+/// may have been.
+fn remembering(last: Error, possibly_processed: Option<Error>) -> Error {
+    match possibly_processed {
+        Some(earlier) if !last.task_may_exist() => Error::AfterPossiblyProcessed {
+            last: Box::new(last),
+            earlier: Box::new(earlier),
+        },
+        _ => last,
     }
 }
 
@@ -274,6 +321,7 @@ mod tests {
             Idempotency::Idempotent,
             Duration::from_secs(20),
             Duration::from_secs(5),
+            None,
             |_| {
                 calls.fetch_add(1, Ordering::SeqCst);
                 async { Err(unavailable()) }
@@ -284,6 +332,110 @@ mod tests {
         assert!(outcome.attempts > 3, "{}", outcome.attempts);
         assert_eq!(outcome.attempts, calls.load(Ordering::SeqCst));
         assert!(started.elapsed() <= Duration::from_secs(5));
+    }
+
+    /// An attempt that may have been processed (UNAVAILABLE) followed by one that sent
+    /// nothing (a timeout before sending): the call's error says the task may exist.
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_that_sent_nothing_does_not_hide_an_earlier_one_that_may_have_landed() {
+        let mut calls = 0;
+        let outcome: Attempted<()> = run(
+            &CallRecord::rpc(
+                &crate::telemetry::CREATE_TASK,
+                &crate::telemetry::Server::new("http://127.0.0.1:1", "q"),
+                "q",
+            ),
+            &RetryPolicy::default().with_max_attempts(2),
+            Idempotency::Idempotent,
+            Duration::from_secs(1),
+            Duration::from_secs(10),
+            None,
+            |_| {
+                calls += 1;
+                let first = calls == 1;
+                async move {
+                    if first {
+                        Err(unavailable())
+                    } else {
+                        Err(Error::Timeout {
+                            after: Duration::from_secs(1),
+                            request_sent: false,
+                        })
+                    }
+                }
+            },
+        )
+        .await;
+        let error = outcome.result.unwrap_err();
+        assert_eq!(outcome.attempts, 2);
+        assert!(error.task_may_exist(), "{error}");
+        assert!(!error.was_never_sent(), "{error}");
+        assert!(error.is_timeout(), "the last attempt's kind: {error:?}");
+        let message = error.to_string();
+        assert!(
+            message.contains("could not be sent within 1s")
+                && message.contains("earlier attempt may have reached Cloud Tasks")
+                && message.contains("try again"),
+            "{message}"
+        );
+    }
+
+    /// 8 calls at 1 task/s, each with a 1 s attempt timeout, whose first attempt is not
+    /// processed: every resend waits for its turn outside its attempt's time, so all 8 are
+    /// sent again and succeed, one a second. Waiting inside the attempt, a resend timed out
+    /// while waiting, kept its turn and took another: the pace stalled.
+    #[tokio::test(start_paused = true)]
+    async fn resends_at_one_task_per_second_do_not_stall() {
+        let pacer = std::sync::Arc::new(Pacer::new(crate::rate::RateLimit::fixed(1)));
+        let started = Instant::now();
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let pacer = pacer.clone();
+            calls.spawn(async move {
+                pacer.acquire(1).await;
+                let mut sends = 0;
+                let outcome: Attempted<()> = run(
+                    &CallRecord::rpc(
+                        &crate::telemetry::CREATE_TASK,
+                        &crate::telemetry::Server::new("http://127.0.0.1:1", "q"),
+                        "q",
+                    ),
+                    &RetryPolicy::default(),
+                    Idempotency::NotIdempotent,
+                    Duration::from_secs(1),
+                    Duration::from_secs(120),
+                    Some(Pace {
+                        pacer: &pacer,
+                        tasks: 1,
+                    }),
+                    |_| {
+                        sends += 1;
+                        let first = sends == 1;
+                        async move {
+                            if first {
+                                Err(Error::Timeout {
+                                    after: Duration::from_secs(1),
+                                    request_sent: false,
+                                })
+                            } else {
+                                Ok(())
+                            }
+                        }
+                    },
+                )
+                .await;
+                outcome.result.map(|()| outcome.attempts)
+            });
+        }
+        while let Some(joined) = calls.join_next().await {
+            assert_eq!(joined.unwrap().unwrap(), 2);
+        }
+        // 16 sends at 1 a second.
+        assert!(
+            started.elapsed() <= Duration::from_secs(17),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -297,6 +449,7 @@ mod tests {
             Idempotency::NotIdempotent,
             Duration::from_secs(20),
             Duration::from_secs(2),
+            None,
             |attempt| async move {
                 assert_eq!(attempt.budget, Duration::from_secs(2));
                 std::future::pending().await

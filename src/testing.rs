@@ -70,9 +70,40 @@ pub enum Fault {
     /// Store the task (or delete or run it) as usual, then fail with this status: the reply
     /// is lost.
     FailAfterStore(Code, String),
-    /// Wait this long, then answer normally.
+    /// Wait this long, then answer normally. A client that gives up meanwhile resets the
+    /// stream, and the call stops where it was waiting: nothing is stored.
     Delay(Duration),
+    /// Store as usual, fail with this status, then stop serving, as a server that crashed
+    /// after committing: later connections are refused until [`MockCloudTasks::restart`].
+    Vanish(Code, String),
+    /// Answer as usual, then restart: every connection gets a GOAWAY, calls in flight have
+    /// 300 ms to finish before their connections are dropped, calls sent after the GOAWAY
+    /// are refused unprocessed, and the server serves again on the same address with the
+    /// same state.
+    Restart,
+    /// Reset the call's HTTP/2 stream (RST_STREAM) with this error code (e.g. 0x7
+    /// REFUSED_STREAM, 0xb ENHANCE_YOUR_CALM), before storing anything or after storing.
+    Reset {
+        /// The HTTP/2 error code.
+        reason: u32,
+        /// Whether the task (or batch) is stored first.
+        after_store: bool,
+    },
 }
+
+/// What a fault asks of the server as a whole once its call is answered.
+#[derive(Debug, Clone, Copy)]
+enum Lifecycle {
+    Stop,
+    Restart,
+}
+
+/// How long calls in flight may take to finish when a [`Fault::Restart`] restarts the
+/// server.
+const RESTART_GRACE: Duration = Duration::from_millis(300);
+
+/// The response header by which a call's handler asks [`ResetLayer`] to reset its stream.
+const RESET_HEADER: &str = "x-mock-reset-stream";
 
 #[derive(Debug, Default)]
 struct State {
@@ -110,10 +141,65 @@ struct State {
     shuffle_created: bool,
     /// Operations are forgotten once answered, as if they had expired.
     expire_operations: bool,
+    /// What a `Vanish` or `Restart` fault asked for; the server acts on it when woken by
+    /// `lifecycle_changed`.
+    lifecycle: Option<Lifecycle>,
+    lifecycle_changed: Arc<tokio::sync::Notify>,
+    /// Faults drawn for calls that have none queued.
+    random_faults: Option<RandomFaults>,
     /// RPCs answered UNIMPLEMENTED, by name.
     unimplemented: HashSet<&'static str>,
     /// The caller's permissions by resource; `None` allows every call.
     grants: Option<Vec<(String, HashSet<String>)>>,
+}
+
+/// A seeded draw of faults: each call fails with probability `rate`, in one of the ways of
+/// [`RandomFaults::draw`].
+#[derive(Debug)]
+struct RandomFaults {
+    rng: fastrand::Rng,
+    rate: f64,
+    hang: Duration,
+}
+
+impl RandomFaults {
+    /// HTTP/2 error codes (RFC 9113, section 7).
+    const REFUSED_STREAM: u32 = 0x7;
+    const CANCEL: u32 = 0x8;
+    const INTERNAL_ERROR: u32 = 0x2;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    fn draw(&mut self) -> Option<Fault> {
+        if self.rng.f64() >= self.rate {
+            return None;
+        }
+        let lost = || "the reply was lost".to_owned();
+        // Restarts are rarer: each closes every connection, and a client's calls wait for
+        // the server to be back.
+        Some(match self.rng.u8(0..15) {
+            0 | 1 => Fault::Reject(Code::Unavailable, "backend restarting".to_owned()),
+            2 | 3 => Fault::FailAfterStore(Code::Unavailable, lost()),
+            4 | 5 => Fault::Delay(self.hang),
+            // REFUSED_STREAM promises the stream was not processed: only before storing.
+            6 | 7 => Fault::Reset {
+                reason: Self::REFUSED_STREAM,
+                after_store: false,
+            },
+            8 | 9 => Fault::Reset {
+                reason: Self::CANCEL,
+                after_store: false,
+            },
+            10 | 11 => Fault::Reset {
+                reason: Self::ENHANCE_YOUR_CALM,
+                after_store: true,
+            },
+            12 | 13 => Fault::Reset {
+                reason: Self::INTERNAL_ERROR,
+                after_store: true,
+            },
+            _ => Fault::Restart,
+        })
+    }
 }
 
 /// A token bucket of tasks, as Cloud Tasks' quota refuses calls past a rate: a call of `n`
@@ -188,39 +274,77 @@ impl MockCloudTasks {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = CloudTasksServer::new(Service {
-            state: self.state.clone(),
-        });
-        let mut builder = Server::builder();
-        if let Some(identity) = &self.tls {
-            builder = builder
-                .tls_config(ServerTlsConfig::new().identity(identity.clone()))
-                .expect("a PEM identity makes a valid TLS config");
-        }
-        let operations = OperationsServer::new(OperationsService {
-            state: self.state.clone(),
-        });
-        let router = builder.add_service(service).add_service(operations);
+        let (stop, mut stopped) = oneshot::channel::<()>();
         let state = self.state.clone();
+        let tls = self.tls.clone();
+        let addr = self.addr;
+        let lifecycle_changed = lock(&state).lifecycle_changed.clone();
         let handle = tokio::spawn(async move {
-            let incoming =
-                TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .map(move |accepted| {
-                        if accepted.is_ok() {
-                            lock(&state).connections += 1;
+            let mut listener = listener;
+            loop {
+                let mut builder = Server::builder();
+                if let Some(identity) = &tls {
+                    builder = builder
+                        .tls_config(ServerTlsConfig::new().identity(identity.clone()))
+                        .expect("a PEM identity makes a valid TLS config");
+                }
+                let router = builder
+                    .layer(ResetLayer)
+                    .add_service(CloudTasksServer::new(Service {
+                        state: state.clone(),
+                    }))
+                    .add_service(OperationsServer::new(OperationsService {
+                        state: state.clone(),
+                    }));
+                let counted = state.clone();
+                let incoming =
+                    TcpIncoming::from(listener)
+                        .with_nodelay(Some(true))
+                        .map(move |accepted| {
+                            if accepted.is_ok() {
+                                lock(&counted).connections += 1;
+                            }
+                            accepted
+                        });
+                let mut stop_requested = false;
+                let restart_requested = tokio::sync::Notify::new();
+                let shutdown = async {
+                    tokio::select! {
+                        _ = &mut stopped => stop_requested = true,
+                        () = lifecycle_changed.notified() => restart_requested.notify_one(),
+                    }
+                };
+                let serving = router.serve_with_incoming_shutdown(incoming, shutdown);
+                // A restart a fault asked for gives calls in flight a moment, then drops the
+                // connections that are left, as a crashing server would: a graceful wait
+                // would last as long as the slowest (hung) call.
+                let grace_expired = async {
+                    restart_requested.notified().await;
+                    tokio::time::sleep(RESTART_GRACE).await;
+                };
+                tokio::select! {
+                    served = serving => {
+                        // The server's own errors end the test's connection, which the test
+                        // then sees.
+                        if let Err(error) = served {
+                            tracing::error!(%error, "mock Cloud Tasks server failed");
                         }
-                        accepted
-                    });
-            // The server's own errors end the test's connection, which the test then sees.
-            if let Err(error) = router
-                .serve_with_incoming_shutdown(incoming, async {
-                    stopped.await.ok();
-                })
-                .await
-            {
-                tracing::error!(%error, "mock Cloud Tasks server failed");
+                    }
+                    () = grace_expired => {}
+                }
+                // Two restarts asked for at once are one (the second's wake-up may come after
+                // the first took the request).
+                let next = lock(&state).lifecycle.take();
+                if stop_requested || matches!(next, Some(Lifecycle::Stop)) {
+                    return;
+                }
+                listener = match TcpListener::bind(addr).await {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(%error, "mock Cloud Tasks server cannot restart");
+                        return;
+                    }
+                };
             }
         });
         self.running = Some((stop, handle));
@@ -270,6 +394,22 @@ impl MockCloudTasks {
     /// Queues a fault for the next call that has none yet; faults apply in order.
     pub fn push_fault(&self, fault: Fault) {
         self.lock().faults.push_back(fault);
+    }
+
+    /// From now on, each call that has no queued fault fails with probability `rate`, drawn
+    /// from a generator seeded with `seed`, in one of these ways (each 2/15 likely, a
+    /// restart 1/15): rejected
+    /// UNAVAILABLE before storing; stored, then answered UNAVAILABLE; hung for `hang` before
+    /// storing (a client that gives up first cancels it); its stream reset before storing
+    /// (REFUSED_STREAM or CANCEL) or after storing (ENHANCE_YOUR_CALM or INTERNAL_ERROR); or
+    /// answered, then the server restarted (GOAWAY to every connection). The draws follow
+    /// the order calls arrive in, which concurrent clients do not fix.
+    pub fn set_random_faults(&self, seed: u64, rate: f64, hang: Duration) {
+        self.lock().random_faults = Some(RandomFaults {
+            rng: fastrand::Rng::with_seed(seed),
+            rate,
+            hang,
+        });
     }
 
     /// Every `CreateTask` request received, in order, including rejected ones.
@@ -553,7 +693,13 @@ impl Service {
     /// Takes the next fault, waiting out any delays first.
     async fn next_fault(&self) -> Option<Fault> {
         loop {
-            let fault = lock(&self.state).faults.pop_front();
+            let fault = {
+                let mut state = lock(&self.state);
+                match state.faults.pop_front() {
+                    Some(fault) => Some(fault),
+                    None => state.random_faults.as_mut().and_then(RandomFaults::draw),
+                }
+            };
             match fault {
                 Some(Fault::Delay(delay)) => tokio::time::sleep(delay).await,
                 other => return other,
@@ -591,9 +737,19 @@ impl Service {
         } else if !state.used_names.insert(task.name.clone()) {
             return Err(Status::already_exists("Requested entity already exists"));
         }
-        let now = prost_types::Timestamp::from(SystemTime::now());
-        task.create_time = Some(now);
-        task.schedule_time.get_or_insert(now);
+        // As Cloud Tasks: the creation time to the second, and a schedule time that is unset
+        // or past is now.
+        let mut now = prost_types::Timestamp::from(SystemTime::now());
+        now.nanos -= now.nanos % 1000;
+        task.create_time = Some(prost_types::Timestamp {
+            seconds: now.seconds,
+            nanos: 0,
+        });
+        let in_the_future =
+            |time: &prost_types::Timestamp| (time.seconds, time.nanos) > (now.seconds, now.nanos);
+        if !task.schedule_time.as_ref().is_some_and(in_the_future) {
+            task.schedule_time = Some(now);
+        }
         task.view = pb::task::View::Basic.into();
         if !state.forget_history {
             state.tasks.push(task.clone());
@@ -766,17 +922,10 @@ impl CloudTasks for Service {
             state.require_create(Rpc::CreateTask, &message.parent, [&message])?;
         }
         self.check_quota(1)?;
-        match self.next_fault().await {
-            Some(Fault::Reject(code, text)) => Err(status(code, text)),
-            Some(Fault::FailAfterStore(code, text)) => {
-                self.store(&message)?;
-                Err(status(code, text))
-            }
-            Some(Fault::Delay(_)) | None => {
-                let task = self.store(&message)?;
-                Ok(Response::new(as_viewed(task, message.response_view)))
-            }
-        }
+        let fault = self.next_fault().await;
+        rejected(fault.as_ref())?;
+        let task = self.store(&message)?;
+        answer(&self.state, fault, as_viewed(task, message.response_view))
     }
 
     async fn batch_create_tasks(
@@ -796,14 +945,10 @@ impl CloudTasks for Service {
             state.require_create(Rpc::BatchCreateTasks, &message.parent, &message.requests)?;
         }
         self.check_quota(message.requests.len())?;
-        match self.next_fault().await {
-            Some(Fault::Reject(code, text)) => Err(status(code, text)),
-            Some(Fault::FailAfterStore(code, text)) => {
-                self.apply_batch(&message)?;
-                Err(status(code, text))
-            }
-            Some(Fault::Delay(_)) | None => Ok(Response::new(self.apply_batch(&message)?)),
-        }
+        let fault = self.next_fault().await;
+        rejected(fault.as_ref())?;
+        let operation = self.apply_batch(&message)?;
+        answer(&self.state, fault, operation)
     }
 
     async fn get_task(
@@ -822,7 +967,7 @@ impl CloudTasks for Service {
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let task = lock(&self.state).task_mut(&message.name)?.clone();
-        answer(fault, as_viewed(task, message.response_view))
+        answer(&self.state, fault, as_viewed(task, message.response_view))
     }
 
     async fn delete_task(
@@ -844,7 +989,7 @@ impl CloudTasks for Service {
         state.task_mut(&message.name)?;
         // The name stays in `used_names`: Cloud Tasks refuses it for a while after deletion.
         state.tasks.retain(|task| task.name != message.name);
-        answer(fault, ())
+        answer(&self.state, fault, ())
     }
 
     async fn run_task(
@@ -875,7 +1020,7 @@ impl CloudTasks for Service {
         task.first_attempt.get_or_insert_with(|| attempt.clone());
         task.last_attempt = Some(attempt);
         let task = task.clone();
-        answer(fault, as_viewed(task, message.response_view))
+        answer(&self.state, fault, as_viewed(task, message.response_view))
     }
 
     /// Pages in creation order; the page token is the offset of the page's first task.
@@ -931,6 +1076,7 @@ impl CloudTasks for Service {
         };
         drop(state);
         answer(
+            &self.state,
             fault,
             pb::ListTasksResponse {
                 tasks,
@@ -967,22 +1113,115 @@ fn record<T: Clone>(
     }
 }
 
-/// A `Reject` fault's status: the call fails before it looks at anything.
+/// A fault that fails the call before it looks at anything: `Reject`, or a reset before
+/// storing.
 fn rejected(fault: Option<&Fault>) -> Result<(), Status> {
     match fault {
         Some(Fault::Reject(code, text)) => Err(status(*code, text.clone())),
+        Some(Fault::Reset {
+            reason,
+            after_store: false,
+        }) => Err(reset(*reason)),
         _ => Ok(()),
     }
 }
 
-/// The answer of a call once done: a lost reply (`FailAfterStore`: done, then failed) fails
-/// it, a delay has already passed.
-fn answer<T>(fault: Option<Fault>, message: T) -> Result<Response<T>, Status> {
+/// The answer of a call once done: a lost reply (`FailAfterStore`, `Vanish`, a reset after
+/// storing) fails it, a restart follows it, a delay has already passed.
+fn answer<T>(
+    state: &Mutex<State>,
+    fault: Option<Fault>,
+    message: T,
+) -> Result<Response<T>, Status> {
+    let change = |lifecycle| {
+        let mut state = lock(state);
+        state.lifecycle = Some(lifecycle);
+        state.lifecycle_changed.notify_one();
+    };
     match fault {
         Some(Fault::Reject(code, text) | Fault::FailAfterStore(code, text)) => {
             Err(status(code, text))
         }
+        Some(Fault::Vanish(code, text)) => {
+            change(Lifecycle::Stop);
+            Err(status(code, text))
+        }
+        Some(Fault::Reset { reason, .. }) => Err(reset(reason)),
+        Some(Fault::Restart) => {
+            change(Lifecycle::Restart);
+            Ok(Response::new(message))
+        }
         Some(Fault::Delay(_)) | None => Ok(Response::new(message)),
+    }
+}
+
+/// A status that [`ResetLayer`] turns into a reset of the call's stream with `reason`.
+fn reset(reason: u32) -> Status {
+    let mut status = Status::internal("the mock resets this stream");
+    status
+        .metadata_mut()
+        .insert(RESET_HEADER, tonic::metadata::MetadataValue::from(reason));
+    status
+}
+
+/// Resets the stream of a call whose handler asked for it ([`reset`]): hyper resets a
+/// stream whose service fails with the HTTP/2 error code found in the error's causes.
+#[derive(Debug, Clone, Copy)]
+struct ResetLayer;
+
+impl<S> tower_layer::Layer<S> for ResetLayer {
+    type Service = Resetting<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Resetting(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Resetting<S>(S);
+
+/// The error whose cause carries the HTTP/2 error code the stream is reset with. Not an
+/// `h2::Error` itself, which tonic would turn into a gRPC status instead.
+#[derive(Debug, thiserror::Error)]
+#[error("the mock resets this stream")]
+struct ResetStream(#[source] h2::Error);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B, R> tonic::codegen::Service<http::Request<B>> for Resetting<S>
+where
+    S: tonic::codegen::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let call = self.0.call(request);
+        Box::pin(async move {
+            let response = call.await.map_err(Into::into)?;
+            let reason = response
+                .headers()
+                .get(RESET_HEADER)
+                .and_then(|value| value.to_str().ok()?.parse::<u32>().ok());
+            match reason {
+                Some(reason) => {
+                    Err(Box::new(ResetStream(h2::Reason::from(reason).into())) as BoxError)
+                }
+                None => Ok(response),
+            }
+        })
     }
 }
 

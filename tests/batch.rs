@@ -618,6 +618,25 @@ async fn the_enqueuer_streams_outcomes_and_bounds_calls_in_flight() {
     assert_eq!(server.batch_create_tasks_calls().len(), 5);
 }
 
+/// At 50 tasks/s a batch carries 50 tasks, one second's worth, not a burst of 100.
+#[tokio::test]
+async fn a_batch_is_never_larger_than_one_second_of_the_rate() {
+    let (server, client) = mock_and_client().await;
+    let outcomes = client
+        .enqueue_all(
+            documents(100),
+            BatchOptions::new().with_rate_limit(RateLimit::fixed(50)),
+        )
+        .await;
+    assert!(outcomes.iter().all(is_created));
+    let sizes: Vec<usize> = server
+        .batch_create_tasks_calls()
+        .iter()
+        .map(|call| call.message.requests.len())
+        .collect();
+    assert_eq!(sizes, [50, 50]);
+}
+
 /// Each document's task held by the server, counted by document.
 fn stored_per_document(server: &MockCloudTasks) -> HashMap<Uuid, usize> {
     let mut stored = HashMap::new();

@@ -18,6 +18,10 @@ fn cloud_tasks(args: &[&str], env: &[(&str, &str)]) -> Output {
         "LISTEN_ADDR",
         "QUEUES",
         "OIDC_ISSUER",
+        "RUST_LOG",
+        "CLOUD_TASKS_OIDC_ISSUER",
+        "CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN",
+        "K_SERVICE",
     ] {
         command.env_remove(name);
     }
@@ -61,42 +65,37 @@ fn demo_processes_every_document_and_exits_0() {
     );
     assert!(stdout.contains("6 deliveries (2 retried)"), "{stdout}");
     each_delivery_shows_its_uploads_trace(&stdout, 4, 6);
+    // The emulator's own lines ("<task> <url>: 503") are kept out of the demo's output.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for output in [&stdout, &stderr] {
+        assert!(
+            !output.contains("/api/tasks/process-document: "),
+            "{output}"
+        );
+    }
 }
 
-/// Each document's enqueue line shows its upload's trace ID, and each of its deliveries (the
-/// retried ones included) shows the same one: the task carried it through the emulator.
-fn each_delivery_shows_its_uploads_trace(stdout: &str, documents: usize, deliveries: usize) {
-    let trace_of = |line: &str| {
-        let trace = line.split("trace ").nth(1)?.split_whitespace().next()?;
-        (trace.len() == 32 && trace != "0".repeat(32)).then(|| trace.to_owned())
-    };
-    let enqueues: Vec<(&str, String)> = stdout
+#[test]
+fn demo_routes_the_emulators_log_through_tracing() {
+    let output = cloud_tasks(
+        &["demo", "--documents", "1", "--fail-first-attempts", "1"],
+        &[("RUST_LOG", "cloud_tasks_emulator=info")],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("/api/tasks/process-document: "),
+        "{stdout}"
+    );
+    let attempts: Vec<&str> = stderr
         .lines()
-        .filter(|line| line.contains("-> task "))
-        .map(|line| {
-            let document = line.split_whitespace().next().unwrap();
-            (
-                document,
-                trace_of(line).unwrap_or_else(|| panic!("no trace in {line:?}")),
-            )
-        })
+        .filter(|line| line.contains("cloud_tasks_emulator"))
+        .filter(|line| line.contains("/api/tasks/process-document: "))
         .collect();
-    assert_eq!(enqueues.len(), documents, "{stdout}");
-    let mut checked = 0;
-    for line in stdout
-        .lines()
-        .filter(|line| line.contains("OIDC token verified  -> "))
-    {
-        let (_, trace) = enqueues
-            .iter()
-            .find(|(document, _)| line.contains(document))
-            .unwrap_or_else(|| panic!("a delivery of no enqueued document: {line:?}"));
-        assert_eq!(trace_of(line).as_ref(), Some(trace), "{line}");
-        checked += 1;
-    }
-    assert_eq!(checked, deliveries, "{stdout}");
-    let distinct: std::collections::HashSet<_> = enqueues.iter().map(|(_, t)| t).collect();
-    assert_eq!(distinct.len(), documents, "one trace per upload: {stdout}");
+    assert_eq!(attempts.len(), 2, "one log line per attempt: {stderr}");
+    assert!(attempts[0].ends_with(": 503"), "{stderr}");
+    assert!(attempts[1].ends_with(": 200"), "{stderr}");
 }
 
 #[test]
@@ -161,4 +160,40 @@ fn emulator_rejects_a_short_queue_name() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("not a full queue name"), "{stderr}");
+}
+
+/// Each document's enqueue line shows its upload's trace ID, and each of its deliveries (the
+/// retried ones included) shows the same one: the task carried it through the emulator.
+fn each_delivery_shows_its_uploads_trace(stdout: &str, documents: usize, deliveries: usize) {
+    let trace_of = |line: &str| {
+        let trace = line.split("trace ").nth(1)?.split_whitespace().next()?;
+        (trace.len() == 32 && trace != "0".repeat(32)).then(|| trace.to_owned())
+    };
+    let enqueues: Vec<(&str, String)> = stdout
+        .lines()
+        .filter(|line| line.contains("-> task "))
+        .map(|line| {
+            let document = line.split_whitespace().next().unwrap();
+            (
+                document,
+                trace_of(line).unwrap_or_else(|| panic!("no trace in {line:?}")),
+            )
+        })
+        .collect();
+    assert_eq!(enqueues.len(), documents, "{stdout}");
+    let mut checked = 0;
+    for line in stdout
+        .lines()
+        .filter(|line| line.contains("OIDC token verified  -> "))
+    {
+        let (_, trace) = enqueues
+            .iter()
+            .find(|(document, _)| line.contains(document))
+            .unwrap_or_else(|| panic!("a delivery of no enqueued document: {line:?}"));
+        assert_eq!(trace_of(line).as_ref(), Some(trace), "{line}");
+        checked += 1;
+    }
+    assert_eq!(checked, deliveries, "{stdout}");
+    let distinct: std::collections::HashSet<_> = enqueues.iter().map(|(_, t)| t).collect();
+    assert_eq!(distinct.len(), documents, "one trace per upload: {stdout}");
 }

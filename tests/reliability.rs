@@ -325,3 +325,117 @@ async fn a_hung_server_is_bounded_by_the_total_deadline() {
     assert!(error.is_timeout(), "{error:?}");
     hold.abort();
 }
+
+/// Issue 17: a server stores a batch of 100, answers UNAVAILABLE, and is gone. The batch is
+/// resent (its request_id makes that safe) and the resend cannot connect; the connect error
+/// alone would say "nothing was sent". Every stored document is reported as may exist, the
+/// message saying both what the last attempt met and that an earlier one may have landed.
+#[tokio::test]
+async fn a_batch_stored_then_answered_unavailable_by_a_server_that_vanishes_may_exist() {
+    let (server, client) = mock_and_client().await;
+    server.push_fault(Fault::Vanish(Code::Unavailable, "reply lost".to_owned()));
+    let documents: Vec<_> = (0..100)
+        .map(|index| cloud_tasks::ProcessDocumentPayload {
+            document_id: Uuid::new_v4(),
+            filename: format!("scan-{index}.pdf"),
+        })
+        .collect();
+    let options = cloud_tasks::BatchOptions::new()
+        .with_rate_limit(cloud_tasks::RateLimit::none())
+        .with_call_options(CallOptions::new().with_total_timeout(Duration::from_secs(5)));
+    let outcomes = client.enqueue_all(documents, options).await;
+    assert_eq!(server.tasks().len(), 100, "the server stored the batch");
+    assert_eq!(outcomes.len(), 100);
+    for outcome in &outcomes {
+        let error = outcome.as_ref().unwrap_err();
+        assert!(error.task_may_exist(), "{error}");
+        assert!(!error.was_never_sent(), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains("cannot connect to Cloud Tasks")
+                && message.contains("earlier attempt may have reached Cloud Tasks")
+                && message.contains("reply lost"),
+            "{message}"
+        );
+    }
+}
+
+/// The same with one de-duplicated call per document: the named task's resend cannot
+/// connect, and the document is still reported as may exist.
+#[tokio::test]
+async fn a_named_task_stored_then_answered_unavailable_by_a_server_that_vanishes_may_exist() {
+    let (server, client) = mock_and_client().await;
+    server.push_fault(Fault::Vanish(Code::Unavailable, "reply lost".to_owned()));
+    let options = cloud_tasks::BatchOptions::new()
+        .with_mode(cloud_tasks::EnqueueMode::PerTask)
+        .with_dedupe(true)
+        .with_rate_limit(cloud_tasks::RateLimit::none())
+        .with_call_options(CallOptions::new().with_total_timeout(Duration::from_secs(5)));
+    let outcomes = client
+        .enqueue_all([DocumentTask::new(Uuid::new_v4(), "report.pdf")], options)
+        .await;
+    assert_eq!(server.tasks().len(), 1, "the server stored the task");
+    assert_eq!(
+        server.create_task_calls().len(),
+        1,
+        "the resend never arrived"
+    );
+    let error = outcomes[0].as_ref().unwrap_err();
+    assert!(error.task_may_exist(), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("earlier attempt may have reached Cloud Tasks"),
+        "{error}"
+    );
+}
+
+/// A stream reset after the request was sent with ENHANCE_YOUR_CALM (RESOURCE_EXHAUSTED in
+/// gRPC's mapping) or INADEQUATE_SECURITY (PERMISSION_DENIED) may have been processed, unlike
+/// a quota or permission answer from Cloud Tasks: the stored unnamed task is reported as may
+/// exist and not sent again.
+#[tokio::test]
+async fn a_stream_reset_after_storing_may_have_created_the_task() {
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    const INADEQUATE_SECURITY: u32 = 0xc;
+    for (reason, code) in [
+        (ENHANCE_YOUR_CALM, Code::ResourceExhausted),
+        (INADEQUATE_SECURITY, Code::PermissionDenied),
+    ] {
+        let (server, client) = mock_and_client().await;
+        server.push_fault(Fault::Reset {
+            reason,
+            after_store: true,
+        });
+        let error = client
+            .create_document_processing_task(Uuid::new_v4(), "a.pdf")
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some(code), "{error:?}");
+        assert!(error.task_may_exist(), "{error}");
+        assert!(
+            error.to_string().contains("may or may not exist"),
+            "{error}"
+        );
+        assert_eq!(server.create_task_calls().len(), 1, "never sent twice");
+        assert_eq!(server.tasks().len(), 1);
+    }
+}
+
+/// REFUSED_STREAM is HTTP/2's promise that the stream was not processed: the unnamed task is
+/// sent again and stored once.
+#[tokio::test]
+async fn a_refused_stream_is_sent_again_and_stored_once() {
+    const REFUSED_STREAM: u32 = 0x7;
+    let (server, client) = mock_and_client().await;
+    server.push_fault(Fault::Reset {
+        reason: REFUSED_STREAM,
+        after_store: false,
+    });
+    client
+        .create_document_processing_task(Uuid::new_v4(), "a.pdf")
+        .await
+        .unwrap();
+    assert_eq!(server.create_task_calls().len(), 2);
+    assert_eq!(server.tasks().len(), 1);
+}

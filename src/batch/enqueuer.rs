@@ -115,8 +115,10 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
             Ok(task) => self.pending.push((key, task)),
             Err(error) => done.push((key, Err(error))),
         }
+        // A batch carries at most one second of the current rate: `--rate 30` sends 30 a
+        // call, not bursts of 100.
         let full = match self.options.mode {
-            EnqueueMode::Batch => self.options.batch_size,
+            EnqueueMode::Batch => self.call.pacer.tasks_per_call(self.options.batch_size),
             EnqueueMode::PerTask => 1,
         };
         if self.pending.len() >= full {

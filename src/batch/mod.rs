@@ -93,6 +93,10 @@ impl BulkCall {
                 after: self.total,
                 request_sent,
             },
+            Error::AfterPossiblyProcessed { last, earlier } => Error::AfterPossiblyProcessed {
+                last: Box::new(self.deadline_error(*last)),
+                earlier,
+            },
             other => other,
         }
     }

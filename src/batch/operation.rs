@@ -17,10 +17,10 @@ use crate::proto::{
     BatchCreateTasksMetadata, BatchCreateTasksRequest, BatchCreateTasksResponse, CreateTaskRequest,
     Operation, Task,
 };
-use crate::retry::{Attempt, Idempotency};
+use crate::retry::{Attempt, Idempotency, Pace};
 use crate::telemetry::{self, CallRecord};
 
-use super::pairing::CreatedTasks;
+use super::pairing::pair;
 use super::{BulkCall, Keyed};
 
 /// The largest batch answer accepted: with the FULL view an operation returns its created
@@ -160,13 +160,14 @@ impl CloudTasksClient {
             let (keys, tasks): (Vec<K>, Vec<Task>) = items.into_iter().unzip();
             let rounds = self.create_batch_once(tasks, deadline, call).await;
             let mut again = Vec::new();
+            let mut refusals = Vec::new();
             for (key, round) in keys.into_iter().zip(rounds) {
                 match round {
                     Round::Done(outcome) => done.push((key, call.outcome(outcome))),
-                    Round::Exhausted(task, _) if Instant::now() < deadline => {
+                    Round::Exhausted(task, error) => {
                         again.push((key, *task));
+                        refusals.push(error);
                     }
-                    Round::Exhausted(_, error) => done.push((key, Err(error))),
                     Round::Unimplemented(task) => unimplemented.push((key, *task)),
                 }
             }
@@ -174,7 +175,16 @@ impl CloudTasksClient {
                 break;
             }
             call.pacer.exhausted();
-            call.pacer.acquire(again.len()).await;
+            // A turn after the deadline is not taken: the refused tasks fail, not created.
+            if !call.pacer.acquire_before(again.len(), Some(deadline)).await {
+                done.extend(
+                    again
+                        .into_iter()
+                        .zip(refusals)
+                        .map(|((key, _), error)| (key, Err(error))),
+                );
+                break;
+            }
             items = again;
         }
         if !unimplemented.is_empty() {
@@ -230,39 +240,20 @@ impl CloudTasksClient {
         };
         let request_id = request.request_id.clone();
         let started = Instant::now();
-        let mut sends = 0_u32;
-        // The first failure of an attempt that may have created the tasks: UNIMPLEMENTED on a
-        // later attempt does not make them absent.
-        let may_have_created = std::sync::OnceLock::new();
         // The request_id makes a resent batch a no-op on Cloud Tasks, so the batch is retried
         // like a named task, with the same request (request_id included) each time; a resend
         // waits for its turn under the rate limit, and RESOURCE_EXHAUSTED slows it down.
+        let pace = Pace {
+            pacer: &call.pacer,
+            tasks: count,
+        };
         let sent = self
-            .retried(
+            .with_paced_retries(
                 &send,
                 &call.until(deadline),
                 Idempotency::Idempotent,
-                |attempt| {
-                    sends += 1;
-                    let resend = sends > 1;
-                    let request = &request;
-                    let may_have_created = &may_have_created;
-                    async move {
-                        if resend {
-                            call.pacer.acquire(count).await;
-                        }
-                        let result = self.send_batch_once(request.clone(), attempt).await;
-                        if let Err(error) = &result {
-                            if error.code() == Some(Code::ResourceExhausted) {
-                                call.pacer.exhausted();
-                            }
-                            if error.task_may_exist() {
-                                may_have_created.set(error.clone()).ok();
-                            }
-                        }
-                        result
-                    }
-                },
+                Some(pace),
+                |attempt| self.send_batch_once(request.clone(), attempt),
             )
             .instrument(send.span().clone())
             .await;
@@ -270,23 +261,26 @@ impl CloudTasksClient {
             .requests
             .into_iter()
             .map(|r| r.task.unwrap_or_default());
-        let operation = match (sent.result, may_have_created.into_inner()) {
-            (Ok(operation), _) => {
+        let operation = match sent.result {
+            Ok(operation) => {
                 self.wait_operation(operation, deadline, call)
                     .instrument(send.span().clone())
                     .await
             }
-            // The server processed nothing, here and in every earlier attempt.
-            (Err(error), None) if error.is_unimplemented() => {
+            // The server processed nothing, here and in every earlier attempt (the retry
+            // loop's memory would have said otherwise).
+            Err(error) if error.is_unimplemented() && !error.task_may_exist() => {
                 send.finish(Some(&error));
                 return sent_tasks
                     .map(|task| Round::Unimplemented(Box::new(task)))
                     .collect();
             }
-            (Err(error), Some(earlier)) if error.is_unimplemented() => {
-                Err(call.deadline_error(earlier))
+            // UNIMPLEMENTED after an attempt that may have created the tasks: that attempt's
+            // failure is the one to report.
+            Err(Error::AfterPossiblyProcessed { last, earlier }) if last.is_unimplemented() => {
+                Err(call.deadline_error(*earlier))
             }
-            (Err(error), _) => Err(call.deadline_error(error)),
+            Err(error) => Err(call.deadline_error(error)),
         };
         send.finish(operation.as_ref().err());
         let rounds = match operation {
@@ -314,9 +308,9 @@ impl CloudTasksClient {
     /// response lists the created tasks in no promised order ("The tasks that were
     /// successfully created"), so nothing is paired by position: a named task is found by its
     /// name, an unnamed one by its content (URL, method, body, the headers it was sent with,
-    /// schedule time), which the FULL view returns. Two requests of one batch with the same
-    /// content are the same request twice: either created task is theirs. A request neither
-    /// failed nor found is reported as an error that may have created the task.
+    /// schedule time as Cloud Tasks sets it), which the FULL view returns (`pairing.rs`). Two
+    /// requests of one batch with the same content each get one created task. A request
+    /// neither failed nor found is reported as an error that may have created the task.
     fn batch_outcomes(&self, operation: Operation, sent: Vec<Task>) -> Vec<Round> {
         let metadata = operation
             .metadata
@@ -348,7 +342,15 @@ impl CloudTasksClient {
         };
         let batch_error =
             batch_error.map(|status| self.status_error(status, Call::BatchCreateTasks));
-        let mut created = CreatedTasks::new(created, &sent);
+        let claimants: Vec<Option<&Task>> = sent
+            .iter()
+            .enumerate()
+            .map(|(index, task)| {
+                let failed = i32::try_from(index).is_ok_and(|index| failed.contains_key(&index));
+                (!failed && batch_error.is_none()).then_some(task)
+            })
+            .collect();
+        let mut paired = pair(created, &claimants);
         sent.into_iter()
             .enumerate()
             .map(|(index, task)| {
@@ -371,7 +373,7 @@ impl CloudTasksClient {
                 if let Some(error) = &batch_error {
                     return Round::Done(Err(error.clone()));
                 }
-                Round::Done(created.take(&task).map_or_else(
+                Round::Done(paired[index].take().map_or_else(
                     || {
                         Err(self.status_error(
                             tonic::Status::unknown(

@@ -379,6 +379,7 @@ pub(crate) fn error_type(error: &Error) -> &'static str {
         Error::Auth { .. } => "auth",
         Error::Transport { .. } => "transport",
         Error::Rpc { .. } | Error::OperationLost { .. } => "rpc",
+        Error::AfterPossiblyProcessed { last, .. } => error_type(last),
     }
 }
 
