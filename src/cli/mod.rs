@@ -6,6 +6,7 @@ mod documents;
 #[cfg(feature = "demo")]
 mod emulator;
 mod enqueue_batch;
+mod lines;
 mod output;
 
 use std::process::ExitCode;
