@@ -514,7 +514,12 @@ impl Run {
         let cause = error.to_string();
         match &mut self.unsent_streak {
             Some(streak) if streak.cause == cause => streak.since = streak.since.min(read_at),
-            _ => self.unsent_streak = Some(UnsentStreak { cause, since: read_at }),
+            _ => {
+                self.unsent_streak = Some(UnsentStreak {
+                    cause,
+                    since: read_at,
+                })
+            }
         }
     }
 

@@ -68,8 +68,7 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
                 None => (available, false),
             };
             let room = (MAX_LINE_BYTES + 2).saturating_sub(self.kept.len());
-            self.kept
-                .extend_from_slice(&chunk[..chunk.len().min(room)]);
+            self.kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
             let taken = chunk.len();
             self.length += taken;
             self.bytes_read += taken as u64;
