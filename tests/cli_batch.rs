@@ -751,10 +751,11 @@ async fn calls_that_keep_failing_before_sending_stop_the_run_early() {
         "{err}"
     );
     assert!(
-        err.contains(
-            "stopped early: every call answered in the last 1s failed before anything was sent, \
-             with the same cause: "
-        ),
+        err.contains("stopped early: every call answered in the last "),
+        "{err}"
+    );
+    assert!(
+        err.contains("failed before anything was sent, with the same cause: "),
         "{err}"
     );
     assert!(
@@ -774,5 +775,48 @@ async fn calls_that_keep_failing_before_sending_stop_the_run_early() {
         failed.iter().all(|line| line["may_exist"] == false),
         "{failed:?}"
     );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_stops_the_run() {
+    let server = MockCloudTasks::start().await.unwrap();
+    // The first batch is refused: its failure lines cannot be written.
+    server.push_fault(Fault::Reject(Code::PermissionDenied, "no actAs".into()));
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(300)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let input = write_input(&dir, "docs.jsonl", &lines);
+    let mut child = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
+        .current_dir(&dir)
+        .args([
+            "enqueue-batch",
+            input.to_str().unwrap(),
+            "--concurrency",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+
+    let output = child.wait_with_output().await.unwrap();
+
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: cannot write the failed documents to stdout"),
+        "{err}"
+    );
+    assert!(
+        err.contains("those after stdout broke were not written"),
+        "{err}"
+    );
+    // Reading stopped: at most the batch in flight and the one being filled were sent.
+    assert!(server.tasks().len() <= 200, "{}", server.tasks().len());
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -620,8 +620,8 @@ impl Run {
 
     fn lose_stdout(&mut self, error: std::io::Error) {
         self.println_stderr(&format!(
-            "error: cannot write the failed documents to stdout: {error}; stopped reading after \
-             input line {}, waiting for the calls in flight",
+            "error: cannot write the failed documents to stdout: {error}; reading stops after \
+             input line {}, and the calls in flight are waited for",
             self.line_number
         ));
         self.stdout_error = Some(error);
@@ -704,17 +704,20 @@ impl Run {
                 "error: cannot read the input after line {line}: {error}; every document up to \
                  it is counted above"
             ),
-            (Stop::Stdout, ..) => eprintln!(
-                "error: failed documents after stdout broke are counted above but were not \
-                 written ({}); check the queue before enqueuing the documents up to input line \
-                 {line} again",
-                self.stdout_error
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
+            (Stop::Stdout, Some(signal), None) => eprintln!(
+                "interrupted by {} while waiting for the calls in flight; every call was \
+                 answered",
+                signal.name()
             ),
-            (Stop::End, None, None) => {}
+            (Stop::End | Stop::Stdout, None, None) => {}
             (Stop::Signal, None, None) => unreachable!("reading stops for a signal with one"),
+        }
+        if let Some(error) = &self.stdout_error {
+            eprintln!(
+                "error: failed documents are counted above but those after stdout broke were \
+                 not written ({error}); check the queue before enqueuing the documents up to \
+                 input line {line} again"
+            );
         }
         if failed > 0 && self.stdout_error.is_none() {
             eprintln!(
@@ -868,8 +871,13 @@ fn shell_quote(path: &str) -> String {
     }
 }
 
+/// Milliseconds below 10 s (a short `--stop-after`), else whole seconds.
 fn format_duration(duration: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(Duration::from_secs(duration.as_secs()))
+    humantime::format_duration(if duration < Duration::from_secs(10) {
+        Duration::from_millis(duration.as_millis() as u64)
+    } else {
+        Duration::from_secs(duration.as_secs())
+    })
 }
 
 /// `--dry-run`: counts the documents and prints how long they take at the configured pace.
