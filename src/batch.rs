@@ -349,12 +349,6 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
         self.in_flight.join_next().await.map(unwrap_joined)
     }
 
-    /// Takes back the tasks queued for a batch that was not sent yet and returns their keys:
-    /// none of them was sent. For a caller that stops without [`BatchEnqueuer::finish`].
-    pub fn take_unsent(&mut self) -> Vec<K> {
-        self.pending.drain(..).map(|(key, _)| key).collect()
-    }
-
     /// Calls in flight right now, including those waiting for their turn under the rate
     /// limit.
     pub fn in_flight(&self) -> usize {

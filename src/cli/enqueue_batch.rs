@@ -388,21 +388,18 @@ impl Run {
             )),
             Stop::Stdout => {}
         }
-        // What was read is sent (once a call may start), then every call is waited for.
-        let mut flushed = false;
+        // What was read is sent, then every call is waited for. The flush does not wait: a
+        // line is read only while a call may start, and a push that leaves tasks queued starts
+        // none, so tasks are queued only while there is room for their call.
+        let done = enqueuer.flush().await;
+        self.record(done);
         loop {
-            if !flushed && enqueuer.in_flight() < self.concurrency {
-                let done = enqueuer.flush().await;
-                self.record(done);
-                flushed = true;
-                continue;
-            }
             tokio::select! {
                 biased;
                 signal = signals.next() => {
                     if self.signal.is_some() {
                         self.aborted = Some(signal);
-                        self.record_abandoned(enqueuer.take_unsent());
+                        self.record_abandoned();
                         break;
                     }
                     self.signal = Some(signal);
@@ -549,23 +546,9 @@ impl Run {
         self.flush_stdout();
     }
 
-    /// After a second signal: the documents whose outcome did not come back. Those `unsent`
-    /// were still queued for a batch; the others were in calls that may have reached Cloud
-    /// Tasks.
-    fn record_abandoned(&mut self, unsent: Vec<u64>) {
-        for line in unsent {
-            if let Some(Undecided { document, .. }) = self.undecided.remove(&line) {
-                self.write_failure(
-                    line,
-                    &serde_json::json!(document.document_id),
-                    &serde_json::json!(document.filename),
-                    None,
-                    false,
-                    "not sent: the run was aborted before its batch was sent, so no task was \
-                     created",
-                );
-            }
-        }
+    /// After a second signal: the documents whose outcome did not come back. Each was in a
+    /// call, sent or waiting for its turn under the rate limit: its task may exist.
+    fn record_abandoned(&mut self) {
         for (line, Undecided { document, .. }) in std::mem::take(&mut self.undecided) {
             self.write_failure(
                 line,
@@ -676,8 +659,8 @@ impl Run {
         match (&stop, self.signal, self.aborted) {
             (_, _, Some(signal)) => eprintln!(
                 "aborted by a second signal ({}): the documents still in flight are listed on \
-                 stdout with \"may_exist\": true (those not yet sent with false); every document \
-                 up to input line {line} is counted above{}",
+                 stdout with \"may_exist\": true; every document up to input line {line} is \
+                 counted above{}",
                 signal.name(),
                 if read_all {
                     ""

@@ -64,12 +64,11 @@ enum Command {
     ///   3. Ctrl-C or SIGTERM stops reading and waits for the calls in flight (exit 130, or
     ///      143 for SIGTERM); a second one stops at once: the documents still in flight are
     ///      listed with "may_exist": true
-    ///   4. resume as the summary says: the failures and the input after the last line read,
-    ///        { cat failed.jsonl; tail -n +N docs.jsonl; } | cloud-tasks enqueue-batch --dedupe -
-    ///      (a task that exists is reported as already enqueued). Without --dedupe, send only
-    ///      the failures with "may_exist": false:
-    ///        { jq -c 'select(.may_exist == false)' failed.jsonl; tail -n +N docs.jsonl; } |
-    ///          cloud-tasks enqueue-batch -
+    ///   4. { cat failed.jsonl; tail -n +N docs.jsonl; } | cloud-tasks enqueue-batch --dedupe -
+    ///      resumes as the summary says: the failures, and the input after the last line read
+    ///      (N); a task that exists is reported as already enqueued. Without --dedupe, send
+    ///      only the failures with "may_exist": false, which created no task:
+    ///      jq -c 'select(.may_exist == false)' failed.jsonl
     ///      and never add --dedupe mid-way: tasks created without it have no name to match.
     ///      Running the whole file again with --dedupe recognises a document whose task ran
     ///      only while its name stays taken: about 1 hour after the task ran or was deleted
