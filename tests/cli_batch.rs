@@ -353,7 +353,10 @@ async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
     let mut stderr_lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let waiting = stderr_lines.next_line().await.unwrap().unwrap();
-    assert!(waiting.contains("Ctrl-C again"), "{waiting}");
+    assert!(
+        waiting.contains("a second Ctrl-C or SIGTERM stops now"),
+        "{waiting}"
+    );
     let started = std::time::Instant::now();
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);

@@ -377,13 +377,13 @@ impl Run {
             Stop::Unreachable { cause, lasted } => self.println_stderr(&format!(
                 "stopping early: every call answered in the last {} failed before anything was \
                  sent, with the same cause: {cause}\nstopped reading after input line {}; \
-                 waiting for the calls in flight (Ctrl-C to stop now)",
+                 waiting for the calls in flight",
                 format_duration(*lasted),
                 self.line_number
             )),
             Stop::Input(error) => self.println_stderr(&format!(
                 "error: cannot read the input after line {}: {error}; waiting for the calls in \
-                 flight (Ctrl-C to stop now)",
+                 flight",
                 self.line_number
             )),
             Stop::Stdout => {}
@@ -417,7 +417,8 @@ impl Run {
     fn say_waiting(&self) {
         if let Some(signal) = self.signal {
             self.println_stderr(&format!(
-                "interrupted by {}: waiting for the calls in flight (Ctrl-C again to stop now)",
+                "interrupted by {}: waiting for the calls in flight (a second Ctrl-C or SIGTERM \
+                 stops now)",
                 signal.name()
             ));
         }
