@@ -173,7 +173,7 @@ async fn enqueue_all(args: EnqueueBatchArgs) -> Result<u8, Error> {
         undecided: BTreeMap::new(),
         concurrency,
         stop_after: args.stop_after,
-        unsent_streak: None,
+        unsent_streak: UnsentStreak::default(),
         rate_limit: enqueuer.current_rate(),
         line_number: 0,
         started: Instant::now(),
@@ -289,12 +289,43 @@ enum Stop {
     Stdout,
 }
 
-/// Calls failing one after the other before anything was sent, with the same cause.
-#[derive(Debug)]
+/// Calls failing one after the other before anything was sent, with the same cause: the sign
+/// that no call can get through (a wrong port, no network, no credentials).
+#[derive(Debug, Default)]
 struct UnsentStreak {
-    cause: String,
-    /// When the earliest of these calls' documents was read.
-    since: Instant,
+    /// The cause, and when the earliest of these calls' documents was read.
+    current: Option<(String, Instant)>,
+}
+
+impl UnsentStreak {
+    /// Takes one document's outcome: a success, or a failure that may have reached Cloud Tasks
+    /// or was not sent for another cause, ends the streak. A task rejected locally is no call
+    /// and changes nothing.
+    fn observe(&mut self, outcome: Result<(), &Error>, read_at: Instant) {
+        let error = match outcome {
+            Ok(()) => {
+                self.current = None;
+                return;
+            }
+            Err(error) if error.is_config() => return,
+            Err(error) => error,
+        };
+        if !error.was_never_sent() || error.task_may_exist() {
+            self.current = None;
+            return;
+        }
+        let cause = error.to_string();
+        match &mut self.current {
+            Some((current, since)) if *current == cause => *since = (*since).min(read_at),
+            _ => self.current = Some((cause, read_at)),
+        }
+    }
+
+    /// The cause, and how long every call has failed with it, as of `now`.
+    fn lasted(&self, now: Instant) -> Option<(&str, Duration)> {
+        let (cause, since) = self.current.as_ref()?;
+        Some((cause, now.saturating_duration_since(*since)))
+    }
 }
 
 /// A document handed to the enqueuer whose outcome has not come back yet.
@@ -310,7 +341,7 @@ struct Run {
     undecided: BTreeMap<u64, Undecided>,
     concurrency: usize,
     stop_after: Duration,
-    unsent_streak: Option<UnsentStreak>,
+    unsent_streak: UnsentStreak,
     /// The enqueuer's current rate limit in tasks per second, as of the last document.
     rate_limit: Option<f64>,
     /// The last input line read.
@@ -472,16 +503,16 @@ impl Run {
                 unreachable!("an outcome for line {line}, which was not pushed or came twice");
             };
             match outcome {
-                Ok(Enqueued::Created { .. }) => {
-                    self.counts.created += 1;
-                    self.unsent_streak = None;
-                }
-                Ok(_) => {
-                    self.counts.already += 1;
-                    self.unsent_streak = None;
+                Ok(enqueued) => {
+                    if matches!(enqueued, Enqueued::Created { .. }) {
+                        self.counts.created += 1;
+                    } else {
+                        self.counts.already += 1;
+                    }
+                    self.unsent_streak.observe(Ok(()), read_at);
                 }
                 Err(error) => {
-                    self.track_unsent(&error, read_at);
+                    self.unsent_streak.observe(Err(&error), read_at);
                     self.write_failure(
                         line,
                         &serde_json::json!(document.document_id),
@@ -499,35 +530,12 @@ impl Run {
         }
     }
 
-    /// Follows the run of calls that failed before sending with the same cause; any other
-    /// answer from Cloud Tasks ends it. A task rejected locally is no call and changes nothing.
-    fn track_unsent(&mut self, error: &Error, read_at: Instant) {
-        if error.is_config() {
-            return;
-        }
-        if !error.was_never_sent() || error.task_may_exist() {
-            self.unsent_streak = None;
-            return;
-        }
-        let cause = error.to_string();
-        match &mut self.unsent_streak {
-            Some(streak) if streak.cause == cause => streak.since = streak.since.min(read_at),
-            _ => {
-                self.unsent_streak = Some(UnsentStreak {
-                    cause,
-                    since: read_at,
-                })
-            }
-        }
-    }
-
     /// [`Stop::Unreachable`] once calls have failed before sending, with one cause, for
     /// `--stop-after`.
     fn unreachable(&self) -> Option<Stop> {
-        let streak = self.unsent_streak.as_ref()?;
-        let lasted = streak.since.elapsed();
+        let (cause, lasted) = self.unsent_streak.lasted(Instant::now())?;
         (lasted >= self.stop_after).then(|| Stop::Unreachable {
-            cause: streak.cause.clone(),
+            cause: cause.to_owned(),
             lasted,
         })
     }
@@ -935,4 +943,63 @@ fn progress_bar(size: Option<u64>) -> Option<ProgressBar> {
     };
     progress.enable_steady_tick(Duration::from_millis(200));
     Some(progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn not_sent() -> Error {
+        Error::Timeout {
+            after: Duration::from_secs(120),
+            request_sent: false,
+        }
+    }
+
+    #[test]
+    fn the_unsent_streak_lasts_from_its_earliest_document_while_every_call_fails_alike() {
+        let start = Instant::now();
+        let at = |seconds| start + Duration::from_secs(seconds);
+        let mut streak = UnsentStreak::default();
+        assert!(streak.lasted(at(100)).is_none());
+
+        streak.observe(Err(&not_sent()), at(10));
+        // Answers arrive out of order: the streak starts at the earliest document read.
+        streak.observe(Err(&not_sent()), at(5));
+        let (cause, lasted) = streak.lasted(at(40)).unwrap();
+        assert!(cause.contains("could not be sent"), "{cause}");
+        assert_eq!(lasted, Duration::from_secs(35));
+
+        // A task rejected locally is no call: the streak goes on.
+        streak.observe(
+            Err(&Error::InvalidTask("file name is empty".into())),
+            at(41),
+        );
+        assert_eq!(streak.lasted(at(45)).unwrap().1, Duration::from_secs(40));
+
+        // Another cause starts a new streak.
+        let other = Error::Timeout {
+            after: Duration::from_secs(60),
+            request_sent: false,
+        };
+        streak.observe(Err(&other), at(50));
+        assert_eq!(streak.lasted(at(55)).unwrap().1, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_success_or_a_call_that_may_have_arrived_ends_the_unsent_streak() {
+        let start = Instant::now();
+        let mut streak = UnsentStreak::default();
+        streak.observe(Err(&not_sent()), start);
+        streak.observe(Ok(()), start);
+        assert!(streak.lasted(start).is_none());
+
+        streak.observe(Err(&not_sent()), start);
+        let may_exist = Error::Timeout {
+            after: Duration::from_secs(120),
+            request_sent: true,
+        };
+        streak.observe(Err(&may_exist), start);
+        assert!(streak.lasted(start).is_none());
+    }
 }
