@@ -65,8 +65,8 @@ enum Command {
     ///      143 for SIGTERM); a second one stops at once: the documents still in flight are
     ///      listed with "may_exist": true
     ///   4. { cat failed.jsonl; tail -n +N docs.jsonl; } | cloud-tasks enqueue-batch --dedupe -
-    ///      resumes as the summary says: the failures, and the input after the last line read
-    ///      (N); a task that exists is reported as already enqueued. Without --dedupe, send
+    ///      resumes as the summary prints it: the failures, and the input after the last
+    ///      line read (N - 1); a task that exists is reported as already enqueued. Without --dedupe, send
     ///      only the failures with "may_exist": false, which created no task:
     ///      jq -c 'select(.may_exist == false)' failed.jsonl
     ///      and never add --dedupe mid-way: tasks created without it have no name to match.
