@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::client::{CloudTasksClient, Enqueued};
-use crate::error::{Code, Error};
+use crate::error::{Code, Error, TaskCall};
 use crate::proto::google::longrunning::operations_client::OperationsClient;
 use crate::proto::google::longrunning::{GetOperationRequest, operation};
 use crate::proto::{
@@ -74,7 +74,10 @@ impl CloudTasksClient {
             .await?;
         let mut operations = OperationsClient::new(self.channel())
             .max_decoding_message_size(MAX_BATCH_RESPONSE_BYTES);
-        self.map_response(operations.get_operation(request).await)
+        self.map_task_response(
+            operations.get_operation(request).await,
+            TaskCall::Operation(name),
+        )
     }
 
     /// Polls the operation with a growing delay until it is done or the batch's deadline
