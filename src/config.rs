@@ -1,6 +1,7 @@
 //! `Settings`: the backend's Cloud Tasks configuration, read from the environment.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, ConfigProblem};
 use crate::validate;
@@ -13,6 +14,15 @@ pub const EMULATOR_HOST_VAR: &str = "CLOUD_TASKS_EMULATOR_HOST";
 /// (`http://127.0.0.1:8123`); `cloud-tasks emulator` prints it. The receiver accepts only an
 /// `https` origin, or `http` on a loopback host.
 pub const OIDC_ISSUER_VAR: &str = "CLOUD_TASKS_OIDC_ISSUER";
+
+/// Environment variable that makes the receiver accept tokens whose signature Cloud Run removed
+/// (`true`), which is safe only on a Cloud Run service with invoker IAM on: Cloud Run then checks
+/// the signature before the request reaches the container. See `docs/RECEIVING.md`.
+pub const OIDC_VERIFIED_BY_CLOUD_RUN_VAR: &str = "CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN";
+
+/// Environment variable Cloud Run sets to the service's name in every instance; the receiver
+/// takes its presence to mean it runs on Cloud Run.
+pub const CLOUD_RUN_SERVICE_VAR: &str = "K_SERVICE";
 
 /// The backend's Cloud Tasks settings, with the Python backend's variable names and defaults.
 ///
@@ -29,6 +39,8 @@ pub const OIDC_ISSUER_VAR: &str = "CLOUD_TASKS_OIDC_ISSUER";
 /// | `cloud_run_service_account` | `CLOUD_RUN_SERVICE_ACCOUNT` | `""` |
 /// | `emulator_host` | `CLOUD_TASKS_EMULATOR_HOST` | unset |
 /// | `oidc_issuer` | `CLOUD_TASKS_OIDC_ISSUER` | unset (Google) |
+/// | `oidc_verified_by_cloud_run` | `CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN` | unset (false) |
+/// | `cloud_run_service` | `K_SERVICE` (set by Cloud Run) | unset |
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Settings {
@@ -49,6 +61,35 @@ pub struct Settings {
     /// Issuer of the OIDC tokens the receiver accepts, when it is not Google (the local
     /// emulator); read by `receiver::OidcVerifier::from_settings`, which checks it.
     pub oidc_issuer: Option<String>,
+    /// Where `oidc_issuer` came from, for the receiver's start-up warning.
+    pub oidc_issuer_source: Option<SettingSource>,
+    /// `CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN` as written (`true` or `false`); the receiver
+    /// checks it, so that a typo stops the backend rather than being read as `false`.
+    pub oidc_verified_by_cloud_run: Option<String>,
+    /// The Cloud Run service's name (`K_SERVICE`), set only when running on Cloud Run.
+    pub cloud_run_service: Option<String>,
+}
+
+/// Where a setting's value came from, named in messages about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SettingSource {
+    /// The process environment.
+    Environment,
+    /// A dotenv file, at this path.
+    DotenvFile(PathBuf),
+    /// The lookup given to [`Settings::from_lookup`].
+    Lookup,
+}
+
+impl fmt::Display for SettingSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Environment => f.write_str("the environment"),
+            Self::DotenvFile(path) => write!(f, "the dotenv file {}", path.display()),
+            Self::Lookup => f.write_str("the settings' lookup"),
+        }
+    }
 }
 
 impl Default for Settings {
@@ -61,6 +102,9 @@ impl Default for Settings {
             cloud_run_service_account: String::new(),
             emulator_host: None,
             oidc_issuer: None,
+            oidc_issuer_source: None,
+            oidc_verified_by_cloud_run: None,
+            cloud_run_service: None,
         }
     }
 }
@@ -82,14 +126,24 @@ impl Settings {
     /// A dotenv file that exists but cannot be read or parsed.
     pub fn from_env_and_file(dotenv_path: &Path) -> Result<Self, ConfigError> {
         let file_values = read_dotenv(dotenv_path)?;
-        Ok(Self::from_lookup(|name| {
+        let mut settings = Self::from_lookup(|name| {
             std::env::var(name).ok().or_else(|| {
                 file_values
                     .iter()
                     .find(|(key, _)| key == name)
                     .map(|(_, value)| value.clone())
             })
-        }))
+        });
+        if settings.oidc_issuer.is_some() {
+            settings.oidc_issuer_source = Some(
+                if std::env::var(OIDC_ISSUER_VAR).is_ok_and(|issuer| !issuer.is_empty()) {
+                    SettingSource::Environment
+                } else {
+                    SettingSource::DotenvFile(dotenv_path.to_owned())
+                },
+            );
+        }
+        Ok(settings)
     }
 
     /// Builds settings from any source of variables, e.g. a map in tests.
@@ -107,6 +161,12 @@ impl Settings {
             ),
             emulator_host: lookup(EMULATOR_HOST_VAR).filter(|host| !host.is_empty()),
             oidc_issuer: lookup(OIDC_ISSUER_VAR).filter(|issuer| !issuer.is_empty()),
+            oidc_issuer_source: lookup(OIDC_ISSUER_VAR)
+                .filter(|issuer| !issuer.is_empty())
+                .map(|_| SettingSource::Lookup),
+            oidc_verified_by_cloud_run: lookup(OIDC_VERIFIED_BY_CLOUD_RUN_VAR)
+                .filter(|value| !value.is_empty()),
+            cloud_run_service: lookup(CLOUD_RUN_SERVICE_VAR).filter(|name| !name.is_empty()),
         }
     }
 
@@ -271,7 +331,26 @@ mod tests {
         assert_eq!(defaults.cloud_run_service_account, "");
         assert_eq!(defaults.emulator_host, None);
         assert_eq!(defaults.oidc_issuer, None);
+        assert_eq!(defaults.oidc_issuer_source, None);
+        assert_eq!(defaults.oidc_verified_by_cloud_run, None);
+        assert_eq!(defaults.cloud_run_service, None);
         assert!(!defaults.is_cloud_tasks_configured());
+    }
+
+    #[test]
+    fn receiver_settings_are_read_with_where_the_issuer_came_from() {
+        let read = settings(&[
+            (OIDC_ISSUER_VAR, "http://127.0.0.1:8123"),
+            (OIDC_VERIFIED_BY_CLOUD_RUN_VAR, "true"),
+            (CLOUD_RUN_SERVICE_VAR, "backend"),
+        ]);
+        assert_eq!(read.oidc_issuer.as_deref(), Some("http://127.0.0.1:8123"));
+        assert_eq!(read.oidc_issuer_source, Some(SettingSource::Lookup));
+        assert_eq!(read.oidc_verified_by_cloud_run.as_deref(), Some("true"));
+        assert_eq!(read.cloud_run_service.as_deref(), Some("backend"));
+        let empty = settings(&[(OIDC_ISSUER_VAR, ""), (CLOUD_RUN_SERVICE_VAR, "")]);
+        assert_eq!((empty.oidc_issuer, empty.oidc_issuer_source), (None, None));
+        assert_eq!(empty.cloud_run_service, None);
     }
 
     #[test]

@@ -84,7 +84,10 @@ pub use client::{
     DEFAULT_ENDPOINT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_TCP_KEEPALIVE, DEFAULT_TOTAL_TIMEOUT, Enqueued,
 };
-pub use config::{EMULATOR_HOST_VAR, OIDC_ISSUER_VAR, Settings, Target};
+pub use config::{
+    CLOUD_RUN_SERVICE_VAR, EMULATOR_HOST_VAR, OIDC_ISSUER_VAR, OIDC_VERIFIED_BY_CLOUD_RUN_VAR,
+    SettingSource, Settings, Target,
+};
 pub use dedupe::document_task_id;
 pub use documents::{ListTasksOptions, MAX_LIST_PAGE_SIZE, TaskPager};
 pub use error::{Code, ConfigError, ConfigProblem, Error, Status};

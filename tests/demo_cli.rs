@@ -18,6 +18,10 @@ fn cloud_tasks(args: &[&str], env: &[(&str, &str)]) -> Output {
         "LISTEN_ADDR",
         "QUEUES",
         "OIDC_ISSUER",
+        "RUST_LOG",
+        "CLOUD_TASKS_OIDC_ISSUER",
+        "CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN",
+        "K_SERVICE",
     ] {
         command.env_remove(name);
     }
@@ -60,6 +64,37 @@ fn demo_processes_every_document_and_exits_0() {
         "{stdout}"
     );
     assert!(stdout.contains("6 deliveries (2 retried)"), "{stdout}");
+    // The emulator's own lines ("<task> <url>: 503") are kept out of the demo's output.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for output in [&stdout, &stderr] {
+        assert!(
+            !output.contains("/api/tasks/process-document: "),
+            "{output}"
+        );
+    }
+}
+
+#[test]
+fn demo_routes_the_emulators_log_through_tracing() {
+    let output = cloud_tasks(
+        &["demo", "--documents", "1", "--fail-first-attempts", "1"],
+        &[("RUST_LOG", "cloud_tasks_emulator=info")],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("/api/tasks/process-document: "),
+        "{stdout}"
+    );
+    let attempts: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("cloud_tasks_emulator"))
+        .filter(|line| line.contains("/api/tasks/process-document: "))
+        .collect();
+    assert_eq!(attempts.len(), 2, "one log line per attempt: {stderr}");
+    assert!(attempts[0].ends_with(": 503"), "{stderr}");
+    assert!(attempts[1].ends_with(": 200"), "{stderr}");
 }
 
 #[test]

@@ -12,9 +12,13 @@ use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cloud_tasks::receiver::{
-    self, GOOGLE_ISSUERS, OidcVerifier, Rejection, VerifiedToken, VerifyError,
+    self, GOOGLE_ISSUERS, MAX_TOKEN_BYTES, OidcVerifier, Rejection, SERVERLESS_AUTHORIZATION,
+    SIGNATURE_REMOVED_BY_GOOGLE, SignatureCheck, VerifiedToken, VerifyError,
 };
-use cloud_tasks::{OIDC_ISSUER_VAR, ProcessDocumentPayload, Settings};
+use cloud_tasks::{
+    CLOUD_RUN_SERVICE_VAR, OIDC_ISSUER_VAR, OIDC_VERIFIED_BY_CLOUD_RUN_VAR, ProcessDocumentPayload,
+    Settings,
+};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -248,8 +252,17 @@ async fn assert_rejected(verifier: &OidcVerifier, token: &str, check: &str) -> V
     let error = verifier.verify(token).await.unwrap_err();
     assert_eq!(error.check(), check, "{error}");
     let message = format!("{error} {error:?}");
-    let signature = token.rsplit('.').next().unwrap();
-    assert!(!message.contains(signature), "{message}");
+    let mut segments = token.rsplit('.');
+    let (signature, payload) = (
+        segments.next().unwrap(),
+        segments.next().unwrap_or_default(),
+    );
+    if signature != SIGNATURE_REMOVED_BY_GOOGLE {
+        assert!(!message.contains(signature), "{message}");
+    }
+    if payload.len() > 8 {
+        assert!(!message.contains(payload), "{message}");
+    }
     error
 }
 
@@ -262,7 +275,7 @@ async fn a_valid_token_is_accepted_with_keys_from_discovery() {
     let verified = verifier.verify(&key.sign(&issuer.claims())).await.unwrap();
     assert_eq!(verified.email, EMAIL);
     assert_eq!(verified.issuer, issuer.url);
-    assert_eq!(verified.key_id, "key-1");
+    assert_eq!(verified.key_id.as_deref(), Some("key-1"));
     assert_eq!(verified.subject.as_deref(), Some("112233445566778899000"));
     assert!(verified.expires_at > SystemTime::now());
     assert_eq!(issuer.fetches(), 1);
@@ -290,7 +303,7 @@ async fn keys_are_cached_by_kid_and_fetched_again_for_an_unknown_kid() {
         .verify(&second.sign(&issuer.claims()))
         .await
         .unwrap();
-    assert_eq!(verified.key_id, "key-2");
+    assert_eq!(verified.key_id.as_deref(), Some("key-2"));
     assert_eq!(issuer.fetches(), 2);
     verifier
         .verify(&first.sign(&issuer.claims()))
@@ -648,7 +661,7 @@ async fn ride_out_outage(label: &str, down: impl FnOnce(&mut Behaviour)) {
     let results = verify_concurrently(&verifier, tokens).await;
     let slowest = report(&format!("{label}, cached key past max-age"), &results);
     for (result, _) in &results {
-        assert_eq!(result.as_ref().unwrap().key_id, "key-1");
+        assert_eq!(result.as_ref().unwrap().key_id.as_deref(), Some("key-1"));
     }
     assert!(
         slowest < FETCH_TIMEOUT / 4,
@@ -777,7 +790,7 @@ async fn a_rotated_key_is_picked_up_by_one_fetch() {
     let results = verify_concurrently(&verifier, tokens).await;
     report("rotation, 100 deliveries with the new kid", &results);
     for (result, _) in &results {
-        assert_eq!(result.as_ref().unwrap().key_id, "2025-new");
+        assert_eq!(result.as_ref().unwrap().key_id.as_deref(), Some("2025-new"));
     }
     assert_eq!(issuer.fetches(), 2);
     // The withdrawn key is refused without another fetch (within the refresh interval).
@@ -792,6 +805,228 @@ async fn an_oversized_jwks_is_refused() {
     issuer.set(|b| b.padding = cloud_tasks::receiver::MAX_JWKS_BYTES);
     let error = assert_rejected(&issuer.verifier(), &key.sign(&issuer.claims()), "jwks").await;
     assert!(error.to_string().contains("limit"), "{error}");
+}
+
+/// `token` as Cloud Run forwards it behind invoker IAM: its signature replaced by the marker.
+fn signature_removed(token: &str) -> String {
+    let (signed_part, _) = token.rsplit_once('.').unwrap();
+    format!("{signed_part}.{SIGNATURE_REMOVED_BY_GOOGLE}")
+}
+
+/// A token nobody signed, with the marker where the signature goes: what a forger writes.
+fn forged(header: &Value, claims: &Value) -> String {
+    format!(
+        "{}.{}.{SIGNATURE_REMOVED_BY_GOOGLE}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    )
+}
+
+fn rs256_header() -> Value {
+    json!({ "alg": "RS256", "kid": "key-1", "typ": "JWT" })
+}
+
+/// A verifier that trusts Cloud Run's signature check.
+fn behind_cloud_run(issuer: &Issuer) -> OidcVerifier {
+    OidcVerifier::builder(AUDIENCE, EMAIL)
+        .with_issuer(&issuer.url)
+        .with_verified_by_cloud_run(true)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_token_whose_signature_cloud_run_removed_is_refused_without_the_opt_in() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = issuer.verifier();
+    assert!(!verifier.is_verified_by_cloud_run());
+    let token = signature_removed(&key.sign(&issuer.claims()));
+    let error = assert_rejected(&verifier, &token, "signature").await;
+    assert_eq!(error, VerifyError::SignatureRemoved);
+    assert_eq!(
+        Rejection::from(error.clone()).status_code(),
+        StatusCode::UNAUTHORIZED
+    );
+    // The log line says what to set, and where it is safe.
+    let message = error.to_string();
+    for needed in [OIDC_VERIFIED_BY_CLOUD_RUN_VAR, "invoker IAM", "Cloud Run"] {
+        assert!(message.contains(needed), "{message}");
+    }
+    assert_eq!(issuer.fetches(), 0, "refused before any key lookup");
+}
+
+#[tokio::test]
+async fn behind_cloud_run_a_removed_signature_is_accepted_after_every_claim_check() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = behind_cloud_run(&issuer);
+    assert!(verifier.is_verified_by_cloud_run());
+
+    let verified = verifier
+        .verify(&signature_removed(&key.sign(&issuer.claims())))
+        .await
+        .unwrap();
+    assert_eq!(verified.signature, SignatureCheck::CloudRun);
+    assert_eq!(verified.email, EMAIL);
+    assert_eq!(verified.key_id.as_deref(), Some("key-1"));
+    assert_eq!(issuer.fetches(), 0, "no keys needed for Cloud Run's tokens");
+
+    // A forger can write any claims under the marker: each check still refuses.
+    let claims = issuer.claims();
+    for (name, value, check) in [
+        ("aud", json!("https://other-service.a.run.app"), "aud"),
+        ("iss", json!("https://issuer.example"), "iss"),
+        ("exp", json!(now() - 3600), "exp"),
+        (
+            "email",
+            json!("intruder@other.iam.gserviceaccount.com"),
+            "email",
+        ),
+        ("email_verified", json!(false), "email_verified"),
+    ] {
+        let token = forged(&rs256_header(), &with(claims.clone(), name, value));
+        assert_rejected(&verifier, &token, check).await;
+    }
+    let mut no_aud = claims.clone();
+    no_aud.as_object_mut().unwrap().remove("aud");
+    assert_rejected(&verifier, &forged(&rs256_header(), &no_aud), "claims").await;
+    let hs256 = json!({ "alg": "HS256", "typ": "JWT" });
+    assert_rejected(&verifier, &forged(&hs256, &claims), "alg").await;
+
+    // A fully signed token is still verified in full, and any other signature is refused.
+    let signed = key.sign(&claims);
+    let verified = verifier.verify(&signed).await.unwrap();
+    assert_eq!(verified.signature, SignatureCheck::Verifier);
+    let other_key = TestKey::generate("key-1");
+    assert_rejected(&verifier, &other_key.sign(&claims), "signature").await;
+    let (signed_part, _) = signed.rsplit_once('.').unwrap();
+    for signature in [
+        "signature_removed_by_google",
+        "SIGNATURE_REMOVED_BY_GOOGLE_",
+        "",
+    ] {
+        let token = format!("{signed_part}.{signature}");
+        let error = verifier.verify(&token).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                VerifyError::BadSignature | VerifyError::Malformed { .. }
+            ),
+            "{signature:?}: {error}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn behind_cloud_run_the_token_checked_is_the_one_in_x_serverless_authorization() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = behind_cloud_run(&issuer);
+    let valid = signature_removed(&key.sign(&issuer.claims()));
+    let intruder = forged(
+        &rs256_header(),
+        &with(
+            issuer.claims(),
+            "email",
+            json!("intruder@other.iam.gserviceaccount.com"),
+        ),
+    );
+    let headers = |authorization: &str, serverless: Option<&str>| {
+        let mut headers = task_headers(Some(authorization));
+        if let Some(token) = serverless {
+            headers.insert(
+                SERVERLESS_AUTHORIZATION,
+                HeaderValue::try_from(format!("Bearer {token}")).unwrap(),
+            );
+        }
+        headers
+    };
+
+    // Cloud Run checked X-Serverless-Authorization and passed Authorization on unchecked: a
+    // forged Authorization beside it is not what the verifier reads.
+    let verified = verifier
+        .verify_request(&headers(&intruder, Some(&valid)))
+        .await
+        .unwrap();
+    assert_eq!(verified.email, EMAIL);
+    // And the identity Cloud Run checked is the one judged.
+    let error = verifier
+        .verify_request(&headers(&valid, Some(&intruder)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.check(), "email");
+
+    // Without the opt-in nothing is trusted unsigned: Authorization is verified in full.
+    let error = issuer
+        .verifier()
+        .verify_request(&headers(&intruder, Some(&valid)))
+        .await
+        .unwrap_err();
+    assert_eq!(error, VerifyError::SignatureRemoved);
+}
+
+#[tokio::test]
+async fn an_oversized_token_is_refused_before_decoding() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let padded = with(
+        issuer.claims(),
+        "padding",
+        json!("x".repeat(MAX_TOKEN_BYTES)),
+    );
+    let token = key.sign(&padded);
+    let error = assert_rejected(&issuer.verifier(), &token, "format").await;
+    assert_eq!(error, VerifyError::TooLarge { bytes: token.len() });
+    assert_eq!(issuer.fetches(), 0);
+}
+
+#[tokio::test]
+async fn what_the_sender_wrote_reaches_the_log_escaped_and_cut() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let verifier = issuer.verifier();
+    // A header that is not JSON: serde's message quotes it.
+    let injected = format!(
+        "{{\"alg\": \"RS256\nlevel=ERROR forged log line{}",
+        "y".repeat(2000)
+    );
+    let token = format!(
+        "{}.{}.c2ln",
+        URL_SAFE_NO_PAD.encode(&injected),
+        URL_SAFE_NO_PAD.encode(issuer.claims().to_string())
+    );
+    let error = assert_rejected(&verifier, &token, "format").await;
+    let message = error.to_string();
+    assert!(!message.contains('\n'), "{message}");
+    assert!(message.len() < 400, "{} bytes: {message}", message.len());
+
+    let claims = with(
+        issuer.claims(),
+        "aud",
+        json!(format!("x\nlevel=ERROR forged{}", "z".repeat(2000))),
+    );
+    let message = assert_rejected(&verifier, &key.sign(&claims), "aud")
+        .await
+        .to_string();
+    assert!(!message.contains('\n'), "{message}");
+    assert!(message.len() < 500, "{} bytes: {message}", message.len());
+}
+
+#[tokio::test]
+async fn an_exp_past_the_end_of_time_is_refused_not_a_panic() {
+    let key = TestKey::generate("key-1");
+    let issuer = Issuer::start(&[&key]).await;
+    let claims = with(issuer.claims(), "exp", json!(u64::MAX));
+    let error = assert_rejected(&issuer.verifier(), &key.sign(&claims), "format").await;
+    assert!(error.to_string().contains("exp"), "{error}");
+    let error = assert_rejected(
+        &behind_cloud_run(&issuer),
+        &forged(&rs256_header(), &claims),
+        "format",
+    )
+    .await;
+    assert!(error.to_string().contains("exp"), "{error}");
 }
 
 fn settings(vars: &[(&str, &str)]) -> Settings {
@@ -884,6 +1119,123 @@ fn every_bad_receiver_setting_is_named_at_start_up() {
         named,
         ["CLOUD_RUN_SERVICE_URL", "CLOUD_RUN_SERVICE_ACCOUNT"]
     );
+}
+
+#[test]
+fn the_cloud_run_opt_in_is_read_from_the_settings_and_only_on_cloud_run() {
+    let base = [
+        ("CLOUD_RUN_SERVICE_URL", AUDIENCE),
+        ("CLOUD_RUN_SERVICE_ACCOUNT", EMAIL),
+    ];
+    let with_vars = |extra: &[(&'static str, &'static str)]| {
+        let mut vars = base.to_vec();
+        vars.extend_from_slice(extra);
+        OidcVerifier::from_settings(&settings(&vars)).build()
+    };
+    let verifier = with_vars(&[
+        (OIDC_VERIFIED_BY_CLOUD_RUN_VAR, "true"),
+        (CLOUD_RUN_SERVICE_VAR, "backend"),
+    ])
+    .unwrap();
+    assert!(verifier.is_verified_by_cloud_run());
+    for off in [
+        &[][..],
+        &[(OIDC_VERIFIED_BY_CLOUD_RUN_VAR, "false")][..],
+        &[
+            (OIDC_VERIFIED_BY_CLOUD_RUN_VAR, "false"),
+            (CLOUD_RUN_SERVICE_VAR, "backend"),
+        ][..],
+    ] {
+        assert!(
+            !with_vars(off).unwrap().is_verified_by_cloud_run(),
+            "{off:?}"
+        );
+    }
+    // A typo is not read as false.
+    for typo in ["yes", "1", "ture"] {
+        let error = with_vars(&[
+            (OIDC_VERIFIED_BY_CLOUD_RUN_VAR, typo),
+            (CLOUD_RUN_SERVICE_VAR, "backend"),
+        ])
+        .unwrap_err();
+        assert_eq!(error.problems()[0].setting, OIDC_VERIFIED_BY_CLOUD_RUN_VAR);
+        assert!(error.to_string().contains(typo), "{error}");
+    }
+    // Off Cloud Run nothing checked the signature: the opt-in is refused at start.
+    let error = with_vars(&[(OIDC_VERIFIED_BY_CLOUD_RUN_VAR, "true")]).unwrap_err();
+    assert_eq!(error.problems()[0].setting, OIDC_VERIFIED_BY_CLOUD_RUN_VAR);
+    assert!(error.to_string().contains(CLOUD_RUN_SERVICE_VAR), "{error}");
+}
+
+#[test]
+fn a_non_google_issuer_is_refused_on_cloud_run() {
+    let error = OidcVerifier::from_settings(&settings(&[
+        ("CLOUD_RUN_SERVICE_URL", AUDIENCE),
+        ("CLOUD_RUN_SERVICE_ACCOUNT", EMAIL),
+        (OIDC_ISSUER_VAR, "https://issuer.example"),
+        (CLOUD_RUN_SERVICE_VAR, "backend"),
+    ]))
+    .build()
+    .unwrap_err();
+    let named: Vec<_> = error.problems().iter().map(|p| p.setting).collect();
+    assert_eq!(named, [OIDC_ISSUER_VAR], "{error}");
+    let message = error.to_string();
+    assert!(message.contains("https://issuer.example"), "{message}");
+    assert!(message.contains(CLOUD_RUN_SERVICE_VAR), "{message}");
+}
+
+/// Log lines written while `run` runs, as text.
+fn logged(run: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn a_non_google_issuer_is_a_warning_at_start_naming_it_and_its_source() {
+    let dotenv_directory =
+        std::env::temp_dir().join(format!("cloud-tasks-oidc-{}", cloud_tasks::Uuid::new_v4()));
+    std::fs::create_dir(&dotenv_directory).unwrap();
+    let dotenv = dotenv_directory.join(".env");
+    std::fs::write(
+        &dotenv,
+        format!(
+            "CLOUD_RUN_SERVICE_URL={AUDIENCE}\nCLOUD_RUN_SERVICE_ACCOUNT={EMAIL}\n\
+             {OIDC_ISSUER_VAR}=http://127.0.0.1:8123\n"
+        ),
+    )
+    .unwrap();
+    let from_file = Settings::from_env_and_file(&dotenv).unwrap();
+    std::fs::remove_dir_all(&dotenv_directory).ok();
+    let log = logged(|| {
+        OidcVerifier::from_settings(&from_file).build().unwrap();
+    });
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("http://127.0.0.1:8123"), "{log}");
+    assert!(log.contains(&dotenv.display().to_string()), "{log}");
+
+    let log = logged(|| {
+        OidcVerifier::from_settings(&receiver_settings(None))
+            .build()
+            .unwrap();
+    });
+    assert!(!log.contains("WARN"), "Google needs no warning: {log}");
 }
 
 #[test]
@@ -1009,7 +1361,8 @@ mod extractor {
         assert_eq!(missing.status, 401);
         assert_eq!(
             missing.www_authenticate.as_deref(),
-            Some("Bearer error=\"invalid_token\"")
+            Some("Bearer"),
+            "RFC 6750, 3.1: no error code when no token was sent"
         );
         assert_eq!(missing.text, "OIDC token rejected: token check failed");
         assert!(!answer_has_token(&done.text, &token) && !answer_has_token(&gone.text, &token));
@@ -1017,6 +1370,10 @@ mod extractor {
         let other_audience = key.sign(&with(issuer.claims(), "aud", json!("https://x.example")));
         let answer = post_task(&url, Some(&other_audience), body("x.pdf")).await;
         assert_eq!(answer.status, 401);
+        assert_eq!(
+            answer.www_authenticate.as_deref(),
+            Some("Bearer error=\"invalid_token\"")
+        );
         assert_eq!(answer.text, "OIDC token rejected: aud check failed");
         assert!(
             !answer.text.contains(AUDIENCE),

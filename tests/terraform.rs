@@ -129,6 +129,7 @@ const RUN_ACT_AS: &str = "google_cloud_run_v2_service.backend: its runtime accou
 const RUN_INVOKER: &str = "google_cloud_run_v2_service.backend: the account in CLOUD_RUN_SERVICE_ACCOUNT has no roles/run.invoker on this service, so every dispatch gets 403; add a google_cloud_run_v2_service_iam_member with name = google_cloud_run_v2_service.backend.name and member = google_service_account.INVOKER.member";
 
 const RUN_OPERATIONS: &str = "google_cloud_run_v2_service.backend: its runtime account cannot read Cloud Tasks operations (cloudtasks.operations.get on the project), so a batch whose operation is not done at once fails; add a google_project_iam_custom_role with permissions = [\"cloudtasks.operations.get\"] and a google_project_iam_member with role = google_project_iam_custom_role.ROLE.id and member = google_service_account.RUNTIME.member";
+const NO_OPT_IN: &str = "google_cloud_run_v2_service.backend: no env CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN = \"true\"; behind invoker IAM every task arrives with its token's signature removed by Cloud Run, and the backend refuses it without this setting";
 
 fn broad(address: &str, role: &str) -> String {
     format!(
@@ -164,8 +165,15 @@ denied! {
     missing_timeout_is_cloud_runs_300s: [("cloud_run.tf", "timeout = var.request_timeout", "")] => [short("300s")];
     unreadable_timeout: [("variables.tf", "default     = \"900s\"", "default     = \"15m\"")]
         => ["google_cloud_run_v2_service.backend: cannot read the request timeout 15m as seconds; write template.timeout (or its variable's default) as a duration such as \"900s\""];
-    invoker_iam_disabled: [("cloud_run.tf", "invoker_iam_disabled = false", "invoker_iam_disabled = true")]
-        => ["google_cloud_run_v2_service.backend: invoker_iam_disabled lets anyone call the service; set it to false (the only invoker is the task_invoker grant)"];
+    /// Behind invoker IAM every delivery would be refused.
+    cloud_run_opt_in_missing: [("cloud_run.tf", "name  = \"CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN\"", "name  = \"UNUSED\"")] => [NO_OPT_IN];
+    cloud_run_opt_in_false: [("cloud_run.tf", "value = \"true\"", "value = \"false\"")] => [NO_OPT_IN];
+    /// Nothing would check the signatures it trusts.
+    cloud_run_opt_in_without_invoker_iam: [("cloud_run.tf", "invoker_iam_disabled = false", "invoker_iam_disabled = true")]
+        => ["google_cloud_run_v2_service.backend: invoker_iam_disabled lets anyone call the service; set it to false (the only invoker is the task_invoker grant)",
+            "google_cloud_run_v2_service.backend: CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN is set on a service whose invoker IAM is disabled, so nothing checks the tokens' signatures and anyone could write one it accepts; turn invoker IAM on (invoker_iam_disabled = false) or remove the env"];
+    emulator_issuer_on_cloud_run: [("cloud_run.tf", "name  = \"CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN\"\n        value = \"true\"\n      }", "name  = \"CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN\"\n        value = \"true\"\n      }\n      env {\n        name  = \"CLOUD_TASKS_OIDC_ISSUER\"\n        value = \"http://127.0.0.1:8123\"\n      }")]
+        => ["google_cloud_run_v2_service.backend: env CLOUD_TASKS_OIDC_ISSUER names another token issuer than Google, which is for the local emulator; the backend refuses to start with it on Cloud Run; remove it"];
     missing_env_var: [("cloud_run.tf", "name  = \"GCP_LOCATION\"", "name  = \"LOCATION\"")]
         => ["google_cloud_run_v2_service.backend: no env GCP_LOCATION, which the backend reads at start-up; add an env block for it to the container"];
     service_url_read_from_the_service: [("cloud_run.tf", "service_url = \"https://${var.service_name}-${data.google_project.this.number}.${var.region}.run.app\"", "service_url = google_cloud_run_v2_service.backend.uri")]

@@ -48,8 +48,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings::from_env()?;
     let client = CloudTasksClient::from_settings(&settings)?;
     // The audience and account the client enqueues with; Google as the issuer unless
-    // CLOUD_TASKS_OIDC_ISSUER names an https one or a loopback http one (the emulator). A bad
-    // value stops the backend here, naming the variable.
+    // CLOUD_TASKS_OIDC_ISSUER names an https one or a loopback http one (the emulator); on
+    // Cloud Run behind invoker IAM, CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN=true (the Terraform
+    // sets it). A bad or unsafe value stops the backend here, naming the variable.
     let verifier = OidcVerifier::from_settings(&settings).build()?;
     let address = std::env::var("LISTEN_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
     let listener = TcpListener::bind(&address).await?;
@@ -57,6 +58,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         %address,
         audience = verifier.audience(),
         issuers = ?verifier.issuers(),
+        verified_by_cloud_run = verifier.is_verified_by_cloud_run(),
         "backend listening"
     );
     let app = app::App {

@@ -65,3 +65,37 @@ deny contains msg if {
 	contains(url, "google_cloud_run_v2_service.")
 	msg := sprintf("google_cloud_run_v2_service.%s: CLOUD_RUN_SERVICE_URL is read from a Cloud Run service (%s), a cycle; build the deterministic https://SERVICE-PROJECT_NUMBER.REGION.run.app URL instead", [name, url])
 }
+
+# Behind invoker IAM Cloud Run checks each token and forwards it with its signature removed: the
+# backend accepts such tokens only with this setting, and refuses every delivery without it.
+deny contains msg if {
+	some name, service in resources_of("google_cloud_run_v2_service")
+	not invoker_iam_disabled(service)
+	not trusts_cloud_run(service)
+	msg := sprintf("google_cloud_run_v2_service.%s: no env CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN = \"true\"; behind invoker IAM every task arrives with its token's signature removed by Cloud Run, and the backend refuses it without this setting", [name])
+}
+
+# Without invoker IAM nothing checks the signature before the backend: trusting Cloud Run's check
+# would accept a token anyone can write.
+deny contains msg if {
+	some name, service in resources_of("google_cloud_run_v2_service")
+	invoker_iam_disabled(service)
+	env_value(template_of(service), "CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN")
+	msg := sprintf("google_cloud_run_v2_service.%s: CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN is set on a service whose invoker IAM is disabled, so nothing checks the tokens' signatures and anyone could write one it accepts; turn invoker IAM on (invoker_iam_disabled = false) or remove the env", [name])
+}
+
+# The backend refuses to start on Cloud Run with another issuer than Google.
+deny contains msg if {
+	some name, service in resources_of("google_cloud_run_v2_service")
+	env_value(template_of(service), "CLOUD_TASKS_OIDC_ISSUER")
+	msg := sprintf("google_cloud_run_v2_service.%s: env CLOUD_TASKS_OIDC_ISSUER names another token issuer than Google, which is for the local emulator; the backend refuses to start with it on Cloud Run; remove it", [name])
+}
+
+invoker_iam_disabled(service) if {
+	"invoker_iam_disabled" in object.keys(service)
+	resolved(service.invoker_iam_disabled) != false
+}
+
+trusts_cloud_run(service) if {
+	resolved(env_value(template_of(service), "CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN")) == "true"
+}

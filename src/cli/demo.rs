@@ -1,6 +1,9 @@
 //! `cloud-tasks demo`: the whole pipeline on this machine, with nothing installed or configured.
 //!
-//! The crates.io `cloud-tasks-emulator` runs in-process; the example backend's routes
+//! The crates.io `cloud-tasks-emulator` runs as a child process (`cloud-tasks emulator`), so that
+//! its own log lines, which it prints to stderr, never land in the middle of the demo's output:
+//! they are passed to `tracing` instead (`RUST_LOG=cloud_tasks_emulator=info` shows them). The
+//! example backend's routes
 //! (`examples/backend/app.rs`, included below) run as the Cloud Run stand-in; sample documents
 //! go through `CloudTasksClient::create_document_processing_task`, the production code path with
 //! only the endpoint changed. Each delivery is checked by the real `receiver` code (OIDC token
@@ -11,16 +14,19 @@ mod app;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::ExitCode;
+use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::response::Response;
 use cloud_tasks::receiver::{CloudTask, Delivery, OidcVerifier, Rejection, TaskOutcome};
-use cloud_tasks::{CloudTasksClient, ProcessDocumentPayload, Settings, Uuid};
+use cloud_tasks::{
+    CloudTasksClient, EMULATOR_HOST_VAR, ProcessDocumentPayload, Settings, Target, Uuid,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::{EXIT_FAILED, EXIT_USAGE};
 
@@ -127,10 +133,20 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout);
     let settings = Settings::from_env().map_err(|error| Failure::Usage(error.to_string()))?;
-    let (emulator_listener, emulator_address) = bind_loopback().await?;
     let (handler_listener, handler_address) = bind_loopback().await?;
-    let issuer = format!("http://{emulator_address}");
     let service_account = non_empty_or(&settings.cloud_run_service_account, LOCAL_SERVICE_ACCOUNT);
+    let queue = Target::new(
+        non_empty_or(&settings.gcp_project_id, LOCAL_PROJECT),
+        &settings.gcp_location,
+        &settings.cloud_tasks_queue,
+        &format!("http://{handler_address}"),
+        service_account,
+    )
+    .map_err(|error| Failure::Usage(error.to_string()))?
+    .queue_path()
+    .to_owned();
+    let (mut emulator, emulator_address) = start_emulator(&queue, deadline).await?;
+    let issuer = format!("http://{emulator_address}");
 
     // The production client; only the endpoint is the emulator's.
     let client = CloudTasksClient::builder()
@@ -141,13 +157,6 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
         .with_service_account_email(service_account)
         .with_emulator_host(emulator_address.to_string())
         .build()?;
-    let queue = client.queue_path().to_owned();
-
-    let mut emulator = tokio::spawn(cloud_tasks_emulator::serve(
-        emulator_listener,
-        issuer.clone(),
-        vec![queue.clone()],
-    ));
 
     let documents: Vec<ProcessDocumentPayload> = (0..usize::from(args.documents))
         .map(|index| ProcessDocumentPayload {
@@ -186,7 +195,7 @@ async fn demo(args: DemoArgs) -> Result<(), Failure> {
 
     println!("cloud-tasks demo: Cloud Tasks emulator, local handler, OIDC verification\n");
     println!(
-        "  emulator  {emulator_address} (in-process cloud-tasks-emulator; it logs each attempt on stderr)"
+        "  emulator  {emulator_address} (cloud-tasks-emulator; RUST_LOG=cloud_tasks_emulator=info shows its log)"
     );
     println!("  queue     {queue}");
     println!(
@@ -250,7 +259,7 @@ struct Tally {
 async fn watch_deliveries(
     documents: &[ProcessDocumentPayload],
     received: &mut mpsc::UnboundedReceiver<Event>,
-    emulator: &mut JoinHandle<Result<(), Box<dyn std::error::Error + Send + Sync>>>,
+    emulator: &mut EmulatorProcess,
     deadline: Instant,
 ) -> Result<Tally, Failure> {
     let mut processed = HashSet::new();
@@ -274,13 +283,14 @@ async fn watch_deliveries(
                     missing.join(", ")
                 )));
             }
-            result = &mut *emulator => {
-                let reason = match result {
-                    Ok(Ok(())) => "it stopped".to_owned(),
-                    Ok(Err(error)) => error.to_string(),
+            status = emulator.child.wait() => {
+                let reason = match status {
+                    Ok(status) => format!("it exited ({status})"),
                     Err(error) => error.to_string(),
                 };
-                return Err(Failure::Failed(format!("the emulator failed: {reason}")));
+                return Err(Failure::Failed(format!(
+                    "the emulator failed: {reason}; RUST_LOG=cloud_tasks_emulator=info shows its log"
+                )));
             }
         };
         let (delivery, simulated_failure) = match event {
@@ -320,6 +330,75 @@ async fn watch_deliveries(
         );
     }
     Ok(tally)
+}
+
+/// The emulator's process, stopped when dropped.
+struct EmulatorProcess {
+    child: Child,
+    /// Held open for as long as the demo runs: the emulator stops when it closes. Kept apart
+    /// from `child` because `Child::wait` closes the stdin it holds.
+    _stdin: ChildStdin,
+}
+
+/// Starts `cloud-tasks emulator` on a free loopback port, serving `queue`, as a child of this
+/// process that stops with it: when dropped, and when its standard input closes (this process
+/// died). Its log lines go to `tracing` (target `cloud_tasks_emulator`), not to the terminal.
+/// Returns the child and the address it serves.
+async fn start_emulator(
+    queue: &str,
+    deadline: Instant,
+) -> Result<(EmulatorProcess, SocketAddr), Failure> {
+    let failed = |reason: String| Failure::Failed(format!("cannot start the emulator: {reason}"));
+    let program = std::env::current_exe().map_err(|error| failed(error.to_string()))?;
+    let mut child = Command::new(program)
+        .args(["emulator", "--listen", "127.0.0.1:0", "--queues", queue])
+        .arg("--exit-with-stdin")
+        // Its issuer must be the address it binds, which only it knows.
+        .env_remove("OIDC_ISSUER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| failed(error.to_string()))?;
+    let stderr = child.stderr.take().expect("stderr is piped");
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            tracing::info!(target: "cloud_tasks_emulator", "{line}");
+        }
+    });
+    // It prints the variables to export once it listens; the address is the one a client uses.
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    let prefix = format!("export {EMULATOR_HOST_VAR}=");
+    let address = loop {
+        let line = tokio::time::timeout_at(deadline.into(), stdout.next_line())
+            .await
+            .map_err(|_| failed("it did not report its address before the --timeout".to_owned()))?
+            .map_err(|error| failed(error.to_string()))?
+            .ok_or_else(|| {
+                failed("it exited; RUST_LOG=cloud_tasks_emulator=info shows why".to_owned())
+            })?;
+        if let Some(address) = line.strip_prefix(&prefix) {
+            break address
+                .parse::<SocketAddr>()
+                .map_err(|error| failed(format!("address {address:?}: {error}")))?;
+        }
+    };
+    // The rest is read too: a closed pipe would make its next print fail.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = stdout.next_line().await {
+            tracing::debug!(target: "cloud_tasks_emulator", "{line}");
+        }
+    });
+    let stdin = child.stdin.take().expect("stdin is piped");
+    Ok((
+        EmulatorProcess {
+            child,
+            _stdin: stdin,
+        },
+        address,
+    ))
 }
 
 /// Waits until the emulator has recorded every answer and holds no task, using its

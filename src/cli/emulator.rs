@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use cloud_tasks::receiver::OIDC_ISSUER_VAR;
 use cloud_tasks::{EMULATOR_HOST_VAR, Settings};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 use super::demo::{LOCAL_PROJECT, LOCAL_SERVICE_ACCOUNT, non_empty_or};
@@ -31,6 +32,10 @@ pub(super) struct EmulatorArgs {
     /// (default: the setting, else http://127.0.0.1:8080).
     #[arg(long)]
     service_url: Option<String>,
+    /// Stop when standard input closes: `cloud-tasks demo` runs the emulator as its child this
+    /// way, so it never outlives the demo.
+    #[arg(long, hide = true)]
+    exit_with_stdin: bool,
 }
 
 pub(super) async fn run(args: EmulatorArgs) -> ExitCode {
@@ -114,7 +119,15 @@ async fn serve(args: EmulatorArgs) -> Result<(), (u8, String)> {
             result.map_err(|error| (EXIT_FAILED, format!("the emulator stopped: {error}")))
         }
         _ = tokio::signal::ctrl_c() => Ok(()),
+        () = stdin_closed(), if args.exit_with_stdin => Ok(()),
     }
+}
+
+/// Returns once standard input reaches its end (or fails): the parent is gone.
+async fn stdin_closed() {
+    let mut stdin = tokio::io::stdin();
+    let mut buffer = [0; 64];
+    while matches!(stdin.read(&mut buffer).await, Ok(read) if read > 0) {}
 }
 
 struct QueueName<'a> {

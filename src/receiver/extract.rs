@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 
-use super::{Delivery, OidcVerifier, Rejection, TaskContext, TaskOutcome};
+use super::{Delivery, OidcVerifier, Rejection, TaskContext, TaskOutcome, VerifyError};
 
 /// A verified Cloud Tasks delivery with a JSON body of type `T`: the verified token, the
 /// [`TaskContext`] and the payload, through [`Deref`] to [`Delivery`].
@@ -19,7 +19,7 @@ use super::{Delivery, OidcVerifier, Rejection, TaskContext, TaskOutcome};
 ///
 /// | check | failure | status |
 /// |---|---|---|
-/// | OIDC token: present, RS256, known key, `exp`, `iss`, `aud` | [`VerifyError`](super::VerifyError) | 401, with `WWW-Authenticate: Bearer` |
+/// | OIDC token: present, RS256, known key, `exp`, `iss`, `aud` | [`VerifyError`](super::VerifyError) | 401, with `WWW-Authenticate: Bearer` (and `error="invalid_token"` when a token was sent) |
 /// | `email` is the service account, `email_verified` | [`VerifyError::WrongEmail`](super::VerifyError::WrongEmail) | 403 |
 /// | the issuer's keys can be had | [`VerifyError::KeyFetch`](super::VerifyError::KeyFetch) | 503, so Cloud Tasks retries |
 /// | `X-CloudTasks-*` headers | [`HeaderError`](super::HeaderError) | 400 |
@@ -107,9 +107,7 @@ where
             .map_err(|error| Rejection::Payload {
                 reason: format!("cannot read the body: {}", error.body_text()),
             })?;
-        let payload = serde_json::from_slice(&body).map_err(|error| Rejection::Payload {
-            reason: error.to_string(),
-        })?;
+        let payload = serde_json::from_slice(&body).map_err(Rejection::payload)?;
         Ok(Self(Delivery {
             token,
             context,
@@ -136,9 +134,15 @@ impl IntoResponse for CloudTaskRejection {
         tracing::warn!(%status, %rejection, "refused a Cloud Tasks request");
         let mut response = (status, rejection.short_reason()).into_response();
         if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750, section 3.1: a request without credentials gets no error code.
+            let challenge = if rejection == Rejection::Token(VerifyError::MissingToken) {
+                "Bearer"
+            } else {
+                "Bearer error=\"invalid_token\""
+            };
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                HeaderValue::from_static(challenge),
             );
         }
         response.extensions_mut().insert(rejection);

@@ -19,7 +19,7 @@ use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyAlgorithm};
 use serde::Deserialize;
 
-use super::oidc::{VerifyError, check_key_url};
+use super::oidc::{VerifyError, check_key_url, untrusted};
 
 /// How long keys and failures are kept; see [`super::OidcVerifierBuilder`] for each.
 #[derive(Debug, Clone, Copy)]
@@ -118,7 +118,7 @@ impl KeyCache {
             .get(kid)
             .cloned()
             .ok_or_else(|| VerifyError::UnknownKey {
-                kid: kid.to_owned(),
+                kid: untrusted(kid),
             })
     }
 
@@ -172,7 +172,7 @@ impl Inner {
                 || asked.is_some_and(|t| set.fetched_at >= t))
         {
             return Lookup::Refuse(VerifyError::UnknownKey {
-                kid: kid.to_owned(),
+                kid: untrusted(kid),
             });
         }
         Lookup::Fetch

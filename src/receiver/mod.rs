@@ -1,8 +1,9 @@
 //! The receiving side: what a backend needs to accept a Cloud Tasks delivery.
 //!
 //! - [`OidcVerifier`]: checks the OIDC token Cloud Tasks sends (signature, issuer, audience,
-//!   expiry, service account), with a key cache that rides out an unreachable issuer. Build it
-//!   from the same [`Settings`](crate::Settings) as the client with
+//!   expiry, service account), with a key cache that rides out an unreachable issuer; behind
+//!   Cloud Run's invoker IAM, opted in, it accepts the tokens whose signature Cloud Run checked
+//!   and removed. Build it from the same [`Settings`](crate::Settings) as the client with
 //!   [`OidcVerifier::from_settings`].
 //! - [`TaskContext`]: the `X-CloudTasks-*` headers (task name, retry count, ...), typed.
 //! - [`receive`]: both, plus the JSON body parsed into the shared payload type
@@ -50,7 +51,7 @@ mod outcome;
 use http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
-pub use crate::config::OIDC_ISSUER_VAR;
+pub use crate::config::{CLOUD_RUN_SERVICE_VAR, OIDC_ISSUER_VAR, OIDC_VERIFIED_BY_CLOUD_RUN_VAR};
 #[cfg(feature = "axum")]
 pub use extract::{CloudTask, CloudTaskRejection};
 pub use headers::{
@@ -59,7 +60,8 @@ pub use headers::{
 };
 pub use oidc::{
     DEFAULT_FAILURE_TTL, DEFAULT_FETCH_TIMEOUT, DEFAULT_MAX_STALE, GOOGLE_ISSUERS, GOOGLE_JWKS_URL,
-    MAX_JWKS_BYTES, OidcVerifier, OidcVerifierBuilder, VerifiedToken, VerifyError,
+    MAX_JWKS_BYTES, MAX_TOKEN_BYTES, OidcVerifier, OidcVerifierBuilder, SERVERLESS_AUTHORIZATION,
+    SIGNATURE_REMOVED_BY_GOOGLE, SignatureCheck, VerifiedToken, VerifyError,
 };
 pub use outcome::TaskOutcome;
 
@@ -87,9 +89,7 @@ pub async fn receive<T: DeserializeOwned>(
 ) -> Result<Delivery<T>, Rejection> {
     let token = verifier.verify_request(headers).await?;
     let context = TaskContext::from_headers(headers)?;
-    let payload = serde_json::from_slice(body).map_err(|error| Rejection::Payload {
-        reason: error.to_string(),
-    })?;
+    let payload = serde_json::from_slice(body).map_err(Rejection::payload)?;
     Ok(Delivery {
         token,
         context,
@@ -116,6 +116,14 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The body did not parse. serde's message quotes the body, so it is escaped and truncated
+    /// like every other text the sender chose.
+    pub(crate) fn payload(error: serde_json::Error) -> Self {
+        Self::Payload {
+            reason: oidc::untrusted(&error.to_string()),
+        }
+    }
+
     /// The status to answer: 401 for a missing or invalid token, 403 for a valid token of
     /// another identity (`email`, `email_verified`), 503 when the issuer's keys cannot be had
     /// (Cloud Tasks retries), 400 for bad headers or body.

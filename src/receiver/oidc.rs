@@ -1,5 +1,10 @@
 //! Verifies the OIDC ID token Cloud Tasks sends in `Authorization: Bearer ...`.
 //!
+//! Behind Cloud Run's invoker IAM the token arrives with its signature replaced by
+//! [`SIGNATURE_REMOVED_BY_GOOGLE`]: Cloud Run checked it. Such a token is accepted only when the
+//! verifier was told so (`CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN=true`), and then only after
+//! every claim check; anywhere else anybody could write one.
+//!
 //! Why not `google_cloud_auth::credentials::idtoken::verifier`: it accepts only Google's issuers
 //! (and IAP's ES256 one), so it cannot verify the emulator's tokens, and it takes the algorithm
 //! from the token header. This verifier pins RS256, accepts exactly the configured issuers, and
@@ -15,9 +20,9 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 
 use super::jwks::{CachePolicy, KeyCache, KeySource};
-use crate::config::OIDC_ISSUER_VAR;
+use crate::config::{CLOUD_RUN_SERVICE_VAR, OIDC_ISSUER_VAR, OIDC_VERIFIED_BY_CLOUD_RUN_VAR};
 use crate::error::{ConfigError, ConfigProblem};
-use crate::{Settings, validate};
+use crate::{SettingSource, Settings, validate};
 
 /// The two `iss` values Google's ID tokens carry.
 pub const GOOGLE_ISSUERS: [&str; 2] = ["https://accounts.google.com", "accounts.google.com"];
@@ -34,6 +39,17 @@ pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(60 * 60);
 pub const DEFAULT_FAILURE_TTL: Duration = Duration::from_secs(5);
 /// Google's JWKS is about 2 KB; a response past this is refused rather than buffered.
 pub const MAX_JWKS_BYTES: usize = 256 * 1024;
+/// A token longer than this is refused before anything in it is decoded. Google's ID tokens are
+/// about 1 KB; Cloud Run refuses requests whose headers pass 64 KiB altogether.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// The signature segment of a token whose signature Cloud Run checked and then removed (Cloud
+/// Run's troubleshooting page, "signature removed").
+pub const SIGNATURE_REMOVED_BY_GOOGLE: &str = "SIGNATURE_REMOVED_BY_GOOGLE";
+/// The header Cloud Run checks instead of `Authorization` when a request carries it (Cloud Run,
+/// "Authenticating service-to-service"); it then passes `Authorization` on unchecked.
+pub const SERVERLESS_AUTHORIZATION: &str = "x-serverless-authorization";
+/// Claims, reasons and parser messages from a token are cut to this many characters in errors.
+const MAX_UNTRUSTED_CHARS: usize = 100;
 /// Connecting to the JWKS host gets at most this much of the fetch timeout.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -42,7 +58,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Checks, in order: the token is a JWT signed with RS256 by a key of the issuer's JWKS (looked
 /// up by `kid`), it has not expired, `iss` is an accepted issuer, `aud` is the configured
 /// audience, and `email` is the expected service account with `email_verified: true`. Without
-/// the email check any Google identity could mint a token for the audience.
+/// the email check any Google identity could mint a token for the audience. Tokens longer than
+/// [`MAX_TOKEN_BYTES`] are refused before anything in them is decoded.
+///
+/// Behind Cloud Run's invoker IAM, Cloud Run checks the signature itself and forwards the token
+/// with the signature replaced by [`SIGNATURE_REMOVED_BY_GOOGLE`]. Built
+/// [`with_verified_by_cloud_run`](OidcVerifierBuilder::with_verified_by_cloud_run) (or from
+/// `CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN=true`), the verifier accepts such a token after every
+/// other check, and reads `X-Serverless-Authorization` instead of `Authorization` when a request
+/// carries it (see [`OidcVerifier::verify_request`]); without it, such a token is
+/// [`VerifyError::SignatureRemoved`]. `docs/RECEIVING.md` says where that is safe.
 ///
 /// Keys are cached by `kid` for the JWKS response's `Cache-Control: max-age` and rides out an
 /// unreachable or slow issuer: past the max-age a cached key stays in use for
@@ -76,6 +101,7 @@ struct Inner {
     email: String,
     issuers: Vec<String>,
     leeway: Duration,
+    verified_by_cloud_run: bool,
     keys: KeyCache,
 }
 
@@ -91,6 +117,19 @@ pub struct OidcVerifierBuilder {
     fetch_timeout: Duration,
     policy: CachePolicy,
     names: SettingNames,
+    /// `Err` holds the message for a value of `CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN` that is
+    /// neither `true` nor `false`.
+    verified_by_cloud_run: Result<bool, String>,
+    issuer_source: String,
+    /// Set when the builder came from [`Settings`]: what they say about the platform.
+    platform: Option<Platform>,
+}
+
+/// Where the backend runs, according to its settings.
+#[derive(Debug, Clone)]
+struct Platform {
+    /// `K_SERVICE`: set on Cloud Run.
+    cloud_run_service: Option<String>,
 }
 
 /// What a configuration error calls each value: the environment variable when the builder came
@@ -100,6 +139,7 @@ struct SettingNames {
     audience: &'static str,
     email: &'static str,
     issuer: &'static str,
+    verified_by_cloud_run: &'static str,
 }
 
 impl OidcVerifier {
@@ -128,28 +168,54 @@ impl OidcVerifier {
                 audience: "audience",
                 email: "service account email",
                 issuer: "issuer",
+                verified_by_cloud_run: "verified by Cloud Run",
             },
+            verified_by_cloud_run: Ok(false),
+            issuer_source: "OidcVerifierBuilder::with_issuer".to_owned(),
+            platform: None,
         }
     }
 
     /// The verifier the settings describe, the same values the client enqueues with: audience
     /// `CLOUD_RUN_SERVICE_URL`, service account `CLOUD_RUN_SERVICE_ACCOUNT`, and Google as the
     /// issuer unless `CLOUD_TASKS_OIDC_ISSUER` names another one (`https://`, or `http://` on
-    /// a loopback host such as the local emulator's).
+    /// a loopback host such as the local emulator's). `CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN`
+    /// (`true` or `false`) is [`OidcVerifierBuilder::with_verified_by_cloud_run`].
     ///
     /// [`OidcVerifierBuilder::build`] reports every bad setting by its variable name, so a
-    /// misconfigured backend fails at start-up.
+    /// misconfigured backend fails at start-up. Besides each value's own rules, it refuses what
+    /// is unsafe where the backend runs, judged by `K_SERVICE` (which Cloud Run sets): another
+    /// issuer than Google on Cloud Run, and trusting Cloud Run's signature check anywhere else.
     pub fn from_settings(settings: &Settings) -> OidcVerifierBuilder {
         let mut builder = Self::builder(
             &settings.cloud_run_service_url,
             &settings.cloud_run_service_account,
         );
         builder.issuer = settings.oidc_issuer.clone();
+        builder.issuer_source = settings
+            .oidc_issuer_source
+            .as_ref()
+            .unwrap_or(&SettingSource::Lookup)
+            .to_string();
         builder.names = SettingNames {
             audience: "CLOUD_RUN_SERVICE_URL",
             email: "CLOUD_RUN_SERVICE_ACCOUNT",
             issuer: OIDC_ISSUER_VAR,
+            verified_by_cloud_run: OIDC_VERIFIED_BY_CLOUD_RUN_VAR,
         };
+        builder.verified_by_cloud_run = match settings.oidc_verified_by_cloud_run.as_deref() {
+            None => Ok(false),
+            Some(value) if value.trim().eq_ignore_ascii_case("true") => Ok(true),
+            Some(value) if value.trim().eq_ignore_ascii_case("false") => Ok(false),
+            Some(value) => Err(format!(
+                "{:?} is neither true nor false; set it to true only on a Cloud Run service with \
+                 invoker IAM (authentication required), otherwise remove it",
+                untrusted(value)
+            )),
+        };
+        builder.platform = Some(Platform {
+            cloud_run_service: settings.cloud_run_service.clone(),
+        });
         builder
     }
 
@@ -168,14 +234,31 @@ impl OidcVerifier {
         &self.inner.issuers
     }
 
-    /// Verifies the bearer token of a request's `Authorization` header.
+    /// Whether tokens whose signature Cloud Run removed are accepted (after every claim check).
+    pub fn is_verified_by_cloud_run(&self) -> bool {
+        self.inner.verified_by_cloud_run
+    }
+
+    /// Verifies the bearer token of a request.
+    ///
+    /// The token is the `Authorization` header's, except when the verifier trusts Cloud Run's
+    /// check and the request carries `X-Serverless-Authorization`: Cloud Run then checked that
+    /// header instead, removed its signature, and passed `Authorization` on unchecked, so
+    /// `Authorization` is whatever the caller wrote and `X-Serverless-Authorization` is the
+    /// token to verify. Cloud Tasks itself sends only `Authorization`.
     ///
     /// # Errors
     /// [`VerifyError::MissingToken`] without a bearer token; otherwise see
     /// [`OidcVerifier::verify`].
     pub async fn verify_request(&self, headers: &HeaderMap) -> Result<VerifiedToken, VerifyError> {
+        let header =
+            if self.inner.verified_by_cloud_run && headers.contains_key(SERVERLESS_AUTHORIZATION) {
+                SERVERLESS_AUTHORIZATION
+            } else {
+                http::header::AUTHORIZATION.as_str()
+            };
         let token = headers
-            .get(http::header::AUTHORIZATION)
+            .get(header)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| {
                 value
@@ -194,26 +277,41 @@ impl OidcVerifier {
     /// A [`VerifyError`] naming the check that failed; it never contains the token.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
         let this = &*self.inner;
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|error| VerifyError::Malformed {
-                reason: error.to_string(),
-            })?;
+        // Before any decoding: the size of what is parsed, and of the messages about it.
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::TooLarge { bytes: token.len() });
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|error| VerifyError::from_jwt(error.into_kind()))?;
         if header.alg != Algorithm::RS256 {
             return Err(VerifyError::UnsupportedAlgorithm {
                 alg: format!("{:?}", header.alg),
             });
         }
-        let kid = header.kid.ok_or(VerifyError::MissingKeyId)?;
-        let key = this.keys.key(&kid).await?;
-
-        let mut validation = Validation::new(Algorithm::RS256);
-        validation.leeway = this.leeway.as_secs();
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        // Checked below, so that the error can say what the token carried.
-        validation.validate_aud = false;
-        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
-            .map_err(|error| VerifyError::from_jwt(error.into_kind()))?
-            .claims;
+        let signature_removed = token
+            .rsplit_once('.')
+            .is_some_and(|(_, signature)| signature == SIGNATURE_REMOVED_BY_GOOGLE);
+        let (claims, signature) = if signature_removed {
+            if !this.verified_by_cloud_run {
+                return Err(VerifyError::SignatureRemoved);
+            }
+            // Cloud Run checked the signature; every claim is still checked below.
+            let claims = jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token)
+                .map_err(|error| VerifyError::from_jwt(error.into_kind()))?;
+            (claims, SignatureCheck::CloudRun)
+        } else {
+            let kid = header.kid.clone().ok_or(VerifyError::MissingKeyId)?;
+            let key = this.keys.key(&kid).await?;
+            let mut validation = Validation::new(Algorithm::RS256);
+            validation.leeway = this.leeway.as_secs();
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+            // Checked below, so that the error can say what the token carried.
+            validation.validate_aud = false;
+            let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+                .map_err(|error| VerifyError::from_jwt(error.into_kind()))?
+                .claims;
+            (claims, SignatureCheck::Verifier)
+        };
 
         // jsonwebtoken requires these three, but parses the claims before it checks that.
         let missing = |claim: &str| VerifyError::MissingClaim {
@@ -224,21 +322,35 @@ impl OidcVerifier {
             claims.aud.ok_or_else(|| missing("aud"))?,
             claims.exp.ok_or_else(|| missing("exp"))?,
         );
+        // jsonwebtoken checks `exp` of a signed token too; a token whose signature Cloud Run
+        // removed has only this check.
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if exp.saturating_add(this.leeway.as_secs()) < now {
+            return Err(VerifyError::Expired);
+        }
+        let expires_at = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(exp))
+            .ok_or_else(|| VerifyError::Malformed {
+                reason: format!("`exp` {exp} is past the end of time this system can represent"),
+            })?;
         if !this.issuers.contains(&iss) {
             return Err(VerifyError::WrongIssuer {
-                found: iss,
+                found: untrusted(&iss),
                 expected: this.issuers.clone(),
             });
         }
         if !aud.contains(&this.audience) {
             return Err(VerifyError::WrongAudience {
-                found: aud.to_string(),
+                found: untrusted(&aud.to_string()),
                 expected: this.audience.clone(),
             });
         }
         if claims.email.as_deref() != Some(this.email.as_str()) {
             return Err(VerifyError::WrongEmail {
-                found: claims.email,
+                found: claims.email.as_deref().map(untrusted),
                 expected: this.email.clone(),
             });
         }
@@ -249,8 +361,9 @@ impl OidcVerifier {
             email: this.email.clone(),
             subject: claims.sub,
             issuer: iss,
-            key_id: kid,
-            expires_at: SystemTime::UNIX_EPOCH + Duration::from_secs(exp),
+            key_id: header.kid,
+            expires_at,
+            signature,
         })
     }
 }
@@ -262,6 +375,7 @@ impl fmt::Debug for OidcVerifier {
             .field("email", &self.inner.email)
             .field("issuers", &self.inner.issuers)
             .field("leeway", &self.inner.leeway)
+            .field("verified_by_cloud_run", &self.inner.verified_by_cloud_run)
             .field("keys", &self.inner.keys)
             .finish()
     }
@@ -282,6 +396,16 @@ impl OidcVerifierBuilder {
     /// `https://`, or `http://` on a loopback host.
     pub fn with_jwks_url(mut self, url: impl Into<String>) -> Self {
         self.jwks_url = Some(url.into());
+        self
+    }
+
+    /// Accepts tokens whose signature segment is [`SIGNATURE_REMOVED_BY_GOOGLE`] after every
+    /// claim check (default: refused, 401). Cloud Run replaces the signature with it after
+    /// checking the token itself, which it does only when invoker IAM is on (authentication
+    /// required). Turn this on only there: anywhere else such a token is a forgery anyone can
+    /// write. Fully signed tokens are still verified in full.
+    pub fn with_verified_by_cloud_run(mut self, verified: bool) -> Self {
+        self.verified_by_cloud_run = Ok(verified);
         self
     }
 
@@ -353,14 +477,52 @@ impl OidcVerifierBuilder {
         if let Some(issuer) = &issuer {
             check(self.names.issuer, check_issuer(issuer));
         }
+        let verified_by_cloud_run = self.verified_by_cloud_run.clone();
+        check(
+            self.names.verified_by_cloud_run,
+            verified_by_cloud_run
+                .as_ref()
+                .map(drop)
+                .map_err(Clone::clone),
+        );
+        let verified_by_cloud_run = verified_by_cloud_run.unwrap_or(false);
+        if let Some(platform) = &self.platform {
+            match (&platform.cloud_run_service, &issuer) {
+                (Some(service), Some(issuer)) => check(
+                    self.names.issuer,
+                    Err(format!(
+                        "issuer {issuer:?} (from {}) is not Google, and {CLOUD_RUN_SERVICE_VAR} \
+                         ({service:?}) says this runs on Cloud Run, where Cloud Tasks' tokens \
+                         come from Google; remove {OIDC_ISSUER_VAR} there (it is for the local \
+                         emulator)",
+                        self.issuer_source
+                    )),
+                ),
+                (None, _) if verified_by_cloud_run => check(
+                    self.names.verified_by_cloud_run,
+                    Err(format!(
+                        "is true but {CLOUD_RUN_SERVICE_VAR} is unset, so this is not Cloud Run \
+                         and nothing checked the signature of the tokens it would accept; set it \
+                         only on a Cloud Run service with invoker IAM (authentication required)"
+                    )),
+                ),
+                _ => {}
+            }
+        }
         if let Some(url) = &self.jwks_url {
             check("JWKS URL", check_key_url(url));
         }
-        let http = reqwest::Client::builder()
-            .timeout(self.fetch_timeout)
-            .connect_timeout(self.fetch_timeout.min(CONNECT_TIMEOUT))
-            .redirect(reqwest::redirect::Policy::none())
-            .build();
+        let http = jwks_tls().and_then(|tls| {
+            reqwest::Client::builder()
+                // reqwest's platform verifier alone fails every fetch in an image without CA
+                // certificates; these are the gRPC transport's roots, webpki's included.
+                .tls_backend_preconfigured(tls)
+                .timeout(self.fetch_timeout)
+                .connect_timeout(self.fetch_timeout.min(CONNECT_TIMEOUT))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|error| error.to_string())
+        });
         check(
             "JWKS HTTP client",
             http.as_ref()
@@ -370,6 +532,21 @@ impl OidcVerifierBuilder {
         let (Ok(audience), Ok(http), true) = (audience, http, problems.is_empty()) else {
             return Err(ConfigError::new(problems));
         };
+        if let Some(issuer) = &issuer {
+            tracing::warn!(
+                issuer,
+                source = %self.issuer_source,
+                "accepting OIDC tokens from an issuer other than Google: right for the local \
+                 emulator, wrong in production, where Cloud Tasks' tokens come from Google"
+            );
+        }
+        if verified_by_cloud_run {
+            tracing::info!(
+                "accepting OIDC tokens whose signature Cloud Run checked and removed \
+                 (SIGNATURE_REMOVED_BY_GOOGLE), after checking their claims: safe only behind \
+                 Cloud Run's invoker IAM"
+            );
+        }
         let (issuers, source) = match (issuer, self.jwks_url) {
             (Some(issuer), Some(url)) => (vec![issuer], KeySource::Jwks(url)),
             (Some(issuer), None) => (vec![issuer.clone()], KeySource::Discovery { issuer }),
@@ -384,10 +561,21 @@ impl OidcVerifierBuilder {
                 email: self.email,
                 issuers,
                 leeway: self.leeway,
+                verified_by_cloud_run,
                 keys: KeyCache::new(source, http, self.policy),
             }),
         })
     }
+}
+
+/// TLS for key fetches: the bundled webpki roots and the platform's.
+fn jwks_tls() -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(crate::transport::root_certificates())
+        .with_no_client_auth())
 }
 
 /// A non-Google issuer: a bare origin, `https`, or `http` on a loopback host.
@@ -481,10 +669,23 @@ pub struct VerifiedToken {
     pub subject: Option<String>,
     /// The token's issuer (`iss`).
     pub issuer: String,
-    /// The signing key (`kid`).
-    pub key_id: String,
+    /// The signing key (`kid`), as the token's header names it.
+    pub key_id: Option<String>,
     /// When the token expires (`exp`).
     pub expires_at: SystemTime,
+    /// Who checked the signature.
+    pub signature: SignatureCheck,
+}
+
+/// Who checked a token's signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SignatureCheck {
+    /// This verifier, against the issuer's keys.
+    Verifier,
+    /// Cloud Run's invoker IAM, which removed it ([`SIGNATURE_REMOVED_BY_GOOGLE`]); accepted
+    /// because the verifier was built [`with_verified_by_cloud_run`](OidcVerifierBuilder::with_verified_by_cloud_run).
+    CloudRun,
 }
 
 /// Why a token was rejected. Messages name the failed check and, for claims, what the token
@@ -495,6 +696,25 @@ pub enum VerifyError {
     /// No `Authorization: Bearer` header.
     #[error("no OIDC token: the request has no `Authorization: Bearer` header")]
     MissingToken,
+    /// Longer than [`MAX_TOKEN_BYTES`]; refused before decoding.
+    #[error(
+        "OIDC token is {bytes} bytes, over the {MAX_TOKEN_BYTES}-byte limit (Google's ID tokens \
+         are about 1 KB)"
+    )]
+    TooLarge {
+        /// The token's length.
+        bytes: usize,
+    },
+    /// The signature is [`SIGNATURE_REMOVED_BY_GOOGLE`], and the verifier does not trust Cloud
+    /// Run's check.
+    #[error(
+        "OIDC token's signature was removed by Google's front end (SIGNATURE_REMOVED_BY_GOOGLE), \
+         which Cloud Run does after checking the token itself when invoker IAM is on; to accept \
+         such tokens set CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN=true, which is safe only on a \
+         Cloud Run service with invoker IAM (authentication required): anywhere else anyone can \
+         write such a token"
+    )]
+    SignatureRemoved,
     /// Not a well-formed JWT, or a claim of the wrong type.
     #[error("OIDC token is malformed: {reason}")]
     Malformed {
@@ -575,9 +795,12 @@ impl VerifyError {
         match kind {
             ErrorKind::InvalidSignature => Self::BadSignature,
             ErrorKind::ExpiredSignature => Self::Expired,
-            ErrorKind::MissingRequiredClaim(claim) => Self::MissingClaim { claim },
+            ErrorKind::MissingRequiredClaim(claim) => Self::MissingClaim {
+                claim: untrusted(&claim),
+            },
+            // serde's messages quote the token's JSON, which its sender chose.
             other => Self::Malformed {
-                reason: jsonwebtoken::errors::Error::from(other).to_string(),
+                reason: untrusted(&jsonwebtoken::errors::Error::from(other).to_string()),
             },
         }
     }
@@ -586,7 +809,8 @@ impl VerifyError {
     pub fn check(&self) -> &'static str {
         match self {
             Self::MissingToken => "token",
-            Self::Malformed { .. } => "format",
+            Self::Malformed { .. } | Self::TooLarge { .. } => "format",
+            Self::SignatureRemoved => "signature",
             Self::UnsupportedAlgorithm { .. } => "alg",
             Self::MissingKeyId | Self::UnknownKey { .. } => "kid",
             Self::KeyFetch { .. } => "jwks",
@@ -607,9 +831,40 @@ impl VerifyError {
     }
 }
 
+/// Text the token's sender chose (a claim, a parser's message quoting the token), made fit for
+/// a log line: control and bidirectional-formatting characters escaped, and cut to
+/// [`MAX_UNTRUSTED_CHARS`] characters.
+pub(super) fn untrusted(text: &str) -> String {
+    let mut safe = String::with_capacity(text.len().min(MAX_UNTRUSTED_CHARS * 2));
+    for (index, character) in text.chars().enumerate() {
+        if index == MAX_UNTRUSTED_CHARS {
+            safe.push_str("...");
+            break;
+        }
+        if character.is_control()
+            || matches!(character, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        {
+            safe.extend(character.escape_default());
+        } else {
+            safe.push(character);
+        }
+    }
+    safe
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrusted_text_is_escaped_and_cut() {
+        assert_eq!(untrusted("a\nb\u{202e}c"), "a\\nb\\u{202e}c");
+        let long = "x".repeat(500);
+        assert_eq!(
+            untrusted(&long),
+            format!("{}...", "x".repeat(MAX_UNTRUSTED_CHARS))
+        );
+    }
 
     #[tokio::test]
     async fn missing_or_non_bearer_authorization_is_missing_token() {

@@ -189,12 +189,20 @@ impl Dialer {
     }
 }
 
-fn tls_config(extra_ca: Option<&[u8]>) -> Result<rustls::ClientConfig, SetupError> {
+/// The bundled webpki roots plus the platform's: an image without CA certificates still
+/// verifies Google's endpoints, and a private CA installed on the machine is still trusted.
+/// The receiver's key fetches use them too.
+pub(crate) fn root_certificates() -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     // Unreadable system certificates are skipped, as tonic and reqwest do: the webpki roots
     // still verify Google's endpoints.
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    roots
+}
+
+fn tls_config(extra_ca: Option<&[u8]>) -> Result<rustls::ClientConfig, SetupError> {
+    let mut roots = root_certificates();
     if let Some(pem) = extra_ca {
         let mut added = 0;
         for certificate in CertificateDer::pem_slice_iter(pem) {
@@ -421,6 +429,18 @@ impl ConnectionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bundled_roots_are_trusted_whatever_the_platform_has() {
+        // What the gRPC transport and the receiver's key fetches trust: in an image without CA
+        // certificates the platform contributes nothing, and these still verify Google.
+        let roots = root_certificates();
+        assert!(
+            roots.len() >= webpki_roots::TLS_SERVER_ROOTS.len(),
+            "{} roots",
+            roots.len()
+        );
+    }
 
     fn options() -> ConnectionOptions {
         ConnectionOptions {

@@ -33,6 +33,8 @@ use tonic::body::Body;
 use tonic::codegen::Service;
 
 pub(crate) use body::ResponseBody;
+#[cfg(feature = "receiver")]
+pub(crate) use connection::root_certificates;
 pub(crate) use connection::{ConnectionOptions, Security, SetupError};
 pub(crate) use outcome::{NotSent, NotSentReason, RequestWritten};
 
