@@ -523,7 +523,8 @@ pub enum Enqueued {
         /// do not hold a million task bodies.
         task: Option<Box<Task>>,
     },
-    /// A task with this name exists or existed within about the last hour: enqueued by an
+    /// A task with this name exists, or ran or was deleted recently (its name stays taken for
+    /// about 1 hour, up to 24 hours; about 9 days for queue.yaml queues): enqueued by an
     /// earlier call, or by an earlier attempt of this call whose answer was lost.
     AlreadyExists {
         /// The task's full name.
