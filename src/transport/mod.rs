@@ -28,7 +28,6 @@ use std::task::{Context, Poll};
 
 use http::{HeaderValue, Uri};
 use http_body_util::BodyExt;
-use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::codegen::Service;
 
@@ -37,7 +36,7 @@ pub(crate) use connection::{ConnectionOptions, Security, SetupError};
 pub(crate) use outcome::{NotSent, NotSentReason, RequestWritten};
 
 use outcome::{call_failed, refused, response_failed};
-use pool::{CheckIfAbandoned, Pool};
+use pool::Pool;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -130,15 +129,11 @@ async fn send(
             });
         }
     }
-    let abandoned = CheckIfAbandoned {
-        slot: Some(slot),
-        sent: Instant::now(),
-        ping_timeout: pool.dialer.options.keepalive_timeout,
-    };
     let response = response.await.map_err(response_failed)?;
+    slot.state.answered();
     Ok(response.map(|body| ResponseBody {
         body,
         data_done: false,
-        _slot: abandoned.answered(),
+        _slot: slot,
     }))
 }
