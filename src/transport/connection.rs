@@ -172,6 +172,7 @@ impl Dialer {
         connector.set_tcp_user_timeout(Some(options.keepalive_timeout));
         // Every address is tried: the other family after 300 ms (Happy Eyeballs), and
         // addresses of one family in turn, each with its share of the connect timeout.
+        connector.set_connect_timeout(Some(options.connect_timeout));
         Ok(Self {
             scheme,
             authority,
