@@ -267,7 +267,11 @@ async fn a_connection_that_stops_answering_under_a_call_is_closed_within_the_kee
         .create_document_processing_task(Uuid::new_v4(), "after.pdf")
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(
         proxy.connections(),
         2,
@@ -747,4 +751,223 @@ async fn a_refused_stream_is_sent_again() {
     }
     names.sort();
     assert_eq!(names, ["answered", "resent"]);
+}
+
+/// A listener for hand-driven peers, and a client of it with at most `max_connections`.
+async fn hand_driven_endpoint(
+    max_connections: usize,
+    keepalive_timeout: Duration,
+) -> (TcpListener, CloudTasksClient) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = builder()
+        .with_emulator_host(listener.local_addr().unwrap().to_string())
+        .with_max_connections(max_connections)
+        .with_keepalive_timeout(keepalive_timeout)
+        .build()
+        .unwrap();
+    (listener, client)
+}
+
+/// A GOAWAY frame with this last-stream-id and NO_ERROR.
+fn goaway(last_stream: u32) -> Vec<u8> {
+    let mut payload = last_stream.to_be_bytes().to_vec();
+    payload.extend(0_u32.to_be_bytes());
+    frame(GOAWAY, 0, 0, &payload)
+}
+
+/// Wake-up: a later SETTINGS that raises the stream limit lets the calls waiting for room go
+/// at once, on the same connection, instead of at their deadline (20 s).
+#[tokio::test]
+async fn a_settings_frame_raising_the_limit_wakes_the_waiting_calls() {
+    let (listener, client) = hand_driven_endpoint(1, Duration::from_secs(20)).await;
+    let calls = calls_at_once(&client, 3);
+    let mut peer = HandDrivenPeer::accept(&listener).await;
+    peer.settle(Some(1)).await;
+    let first = peer.requests(1).await;
+    let waiting = peer.frames_for(Duration::from_millis(300)).await;
+    assert!(
+        waiting.iter().all(|frame| frame.kind != HEADERS),
+        "a stream beyond the limit of 1: {waiting:?}"
+    );
+    peer.send(&settings(Some(10))).await;
+    let mut streams = first;
+    streams.extend(peer.requests(2).await);
+    for (index, stream) in streams.iter().enumerate() {
+        peer.answer(*stream, &format!("task-{index}")).await;
+    }
+    for call in calls {
+        call.await.unwrap().expect("every call is answered");
+    }
+}
+
+/// Wake-up: a GOAWAY on a connection that still has a call makes the call waiting for room
+/// open a new connection at once, instead of sleeping until that call ends; the call below
+/// the GOAWAY's last-stream-id is answered on the old connection.
+#[tokio::test]
+async fn a_goaway_wakes_the_waiting_calls() {
+    let (listener, client) = hand_driven_endpoint(1, Duration::from_secs(20)).await;
+    let calls = calls_at_once(&client, 2);
+    let mut old = HandDrivenPeer::accept(&listener).await;
+    old.settle(Some(1)).await;
+    let processing = old.requests(1).await[0];
+    old.send(&goaway(processing)).await;
+
+    let mut new = HandDrivenPeer::accept(&listener).await;
+    new.settle(None).await;
+    let resent = new.requests(1).await[0];
+    new.answer(resent, "on-the-new-connection").await;
+    old.answer(processing, "on-the-old-connection").await;
+    let mut names = Vec::new();
+    for call in calls {
+        names.push(call.await.unwrap().unwrap().task_name().to_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["on-the-new-connection", "on-the-old-connection"]);
+}
+
+/// Wake-up: a connection that closes while a call waits for room on it (here the server
+/// admits no stream, so no call of its own ends) makes the call connect again at once.
+#[tokio::test]
+async fn a_closed_connection_wakes_the_waiting_calls() {
+    let (listener, client) = hand_driven_endpoint(1, Duration::from_secs(20)).await;
+    let mut calls = calls_at_once(&client, 1);
+    let mut first = HandDrivenPeer::accept(&listener).await;
+    let stream = first.requests(1).await[0];
+    // No stream admitted, and the one sent before the SETTINGS refused (not processed).
+    first.settle(Some(0)).await;
+    const RST_STREAM: u8 = 0x3;
+    const REFUSED_STREAM: u32 = 0x7;
+    first
+        .send(&frame(RST_STREAM, 0, stream, &REFUSED_STREAM.to_be_bytes()))
+        .await;
+    let waiting = first.frames_for(Duration::from_millis(300)).await;
+    assert!(
+        waiting.iter().all(|frame| frame.kind != HEADERS),
+        "a stream on a connection that admits none: {waiting:?}"
+    );
+    drop(first);
+
+    let mut second = HandDrivenPeer::accept(&listener).await;
+    second.settle(None).await;
+    let stream = second.requests(1).await[0];
+    second.answer(stream, "after-the-close").await;
+    let enqueued = calls.remove(0).await.unwrap().unwrap();
+    assert_eq!(enqueued.task_name(), "after-the-close");
+}
+
+/// A server that accepts and sends GOAWAY at once (its call was above the last-stream-id, so
+/// not processed) is not reconnected to at once: the next connection comes after the
+/// reconnect delay (1 s), and the end of the delay wakes the waiting call, which does not
+/// sleep until its deadline (20 s).
+#[tokio::test]
+async fn a_server_that_goes_away_at_once_is_reconnected_to_after_the_delay() {
+    let (listener, client) = hand_driven_endpoint(8, Duration::from_secs(20)).await;
+    let mut calls = calls_at_once(&client, 1);
+    let mut first = HandDrivenPeer::accept(&listener).await;
+    let mut bytes = settings(None);
+    bytes.extend(goaway(0));
+    first.send(&bytes).await;
+    let went_away = Instant::now();
+
+    let mut second = HandDrivenPeer::accept(&listener).await;
+    let reconnected_after = went_away.elapsed();
+    assert!(
+        reconnected_after >= Duration::from_millis(900),
+        "reconnected without backing off: {reconnected_after:?}"
+    );
+    assert!(
+        reconnected_after < Duration::from_millis(2500),
+        "the waiting call slept past the reconnect delay: {reconnected_after:?}"
+    );
+    second.settle(None).await;
+    let stream = second.requests(1).await[0];
+    second.answer(stream, "after-the-delay").await;
+    let enqueued = calls.remove(0).await.unwrap().unwrap();
+    assert_eq!(enqueued.task_name(), "after-the-delay");
+}
+
+/// A connection whose calls have received nothing for half the keepalive timeout gets a PING,
+/// and until it is answered takes no new call: the next call goes to a new connection.
+#[tokio::test]
+async fn no_new_call_on_a_connection_with_a_ping_unanswered() {
+    let (listener, client) = hand_driven_endpoint(2, Duration::from_secs(2)).await;
+    let _stuck = calls_at_once(&client, 1);
+    let mut silent = HandDrivenPeer::accept(&listener).await;
+    silent.settle(None).await;
+    silent.requests(1).await;
+    let mut pinged = false;
+    for frame in silent.frames_for(Duration::from_millis(1500)).await {
+        pinged |= frame.kind == PING && frame.flags == 0;
+    }
+    assert!(
+        pinged,
+        "no PING after 1 s without a frame while a call waits"
+    );
+
+    let mut next = calls_at_once(&client, 1);
+    let mut fresh = HandDrivenPeer::accept(&listener).await;
+    fresh.settle(None).await;
+    let stream = fresh.requests(1).await[0];
+    fresh.answer(stream, "on-a-new-connection").await;
+    let enqueued = next.remove(0).await.unwrap().unwrap();
+    assert_eq!(enqueued.task_name(), "on-a-new-connection");
+    let on_the_silent_one = silent.frames_for(Duration::from_millis(100)).await;
+    assert!(
+        on_the_silent_one.iter().all(|frame| frame.kind != HEADERS),
+        "a call went to the connection with a PING unanswered"
+    );
+}
+
+/// The run: 1,000 de-duplicated documents at 16 in flight, and the proxy silently
+/// drops its connection (no FIN, no RST) while calls are on it. The calls stuck on it fail
+/// within the keepalive timeout (1 s here), are sent again on a new connection, and the run
+/// finishes a few seconds after the drop, not after the attempt timeout (20 s); each document
+/// is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_outlives_its_connection_dropped_silently_under_traffic() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let server = MockCloudTasks::start().await.unwrap();
+    let proxy = FreezingProxy::start(server.addr()).await;
+    let keepalive_timeout = Duration::from_secs(1);
+    let client = builder()
+        .with_emulator_host(&proxy.host)
+        .with_keepalive_timeout(keepalive_timeout)
+        .build()
+        .unwrap();
+    let documents: Arc<Vec<Uuid>> = Arc::new((0..1000).map(|_| Uuid::new_v4()).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (client, documents, next) =
+                (client.clone(), Arc::clone(&documents), Arc::clone(&next));
+            tokio::spawn(async move {
+                while let Some(&id) = documents.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let task = DocumentTask::new(id, "scan.pdf").deduplicated();
+                    if let Err(error) = client.enqueue(task, &CallOptions::new()).await {
+                        panic!("{id}: {error}");
+                    }
+                }
+            })
+        })
+        .collect();
+    while next.load(Ordering::Relaxed) < 200 {
+        tokio::task::yield_now().await;
+    }
+    proxy.freeze_all();
+    let dropped = Instant::now();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let took = dropped.elapsed();
+    assert!(
+        took < keepalive_timeout + Duration::from_secs(3),
+        "the run took {took:?} after the drop"
+    );
+    assert_eq!(proxy.connections(), 2, "one new connection after the drop");
+    let stored = server.tasks();
+    assert_eq!(stored.len(), documents.len());
+    let names: std::collections::HashSet<_> = stored.iter().map(|task| &task.name).collect();
+    assert_eq!(names.len(), documents.len(), "a document stored twice");
 }
