@@ -367,7 +367,6 @@ struct Frame {
     kind: u8,
     flags: u8,
     stream: u32,
-    payload: Vec<u8>,
 }
 
 const HEADERS: u8 = 0x1;
@@ -436,7 +435,6 @@ impl HandDrivenPeer {
                     kind: header[3],
                     flags: header[4],
                     stream: stream & 0x7fff_ffff,
-                    payload,
                 };
                 if sender.send(frame).is_err() {
                     return;
