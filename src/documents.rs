@@ -238,7 +238,8 @@ impl CloudTasksClient {
         outcome.result
     }
 
-    fn map_task_response<T>(
+    /// The result of one attempt of `call`, its failure mapped.
+    pub(crate) fn map_task_response<T>(
         &self,
         result: Result<tonic::Response<T>, tonic::Status>,
         call: TaskCall<'_>,

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::permissions::{ACT_AS, FULL_VIEW, Requirement, Rpc};
 use crate::transport::{NotSent, NotSentReason};
 
 /// Everything that can go wrong when building a client or enqueuing a task.
@@ -304,8 +305,8 @@ pub(crate) struct CallContext<'a> {
     pub(crate) endpoint: &'a str,
     pub(crate) queue: &'a str,
     pub(crate) service_account: &'a str,
-    /// A call on tasks other than creating them: NOT_FOUND then means the task is absent, and
-    /// PERMISSION_DENIED names that call's permission rather than the enqueuer's.
+    /// A call other than creating tasks: NOT_FOUND then means the task (or operation) is
+    /// absent, and PERMISSION_DENIED names that call's permission rather than the enqueuer's.
     pub(crate) task_call: Option<TaskCall<'a>>,
 }
 
@@ -347,6 +348,10 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
                  task). A missing queue is answered the same way, so if no task is ever found, \
                  check CLOUD_TASKS_QUEUE / GCP_LOCATION / GCP_PROJECT_ID ({detail})"
             ),
+            Some(TaskCall::Operation(operation)) => format!(
+                "operation {operation} does not exist: Cloud Tasks no longer knows it \
+                 (operations expire) ({detail})"
+            ),
             Some(TaskCall::List) | None => format!(
                 "queue {queue_id:?} does not exist in {project_location}: create it \
                  (`gcloud tasks queues create {queue_id}`) or fix CLOUD_TASKS_QUEUE / \
@@ -355,17 +360,33 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
         },
         Code::PermissionDenied => match task_call {
             Some(task_call) => {
-                let (permission, role) = task_call.permission();
+                let rpc = task_call.rpc();
+                let Requirement { permission, role } = rpc.requirement();
+                // Task calls are granted on the queue (a task's name is under it); an
+                // operation is under the project, and names itself.
+                let resource = match task_call {
+                    TaskCall::Operation(operation) => operation,
+                    _ => queue,
+                };
                 format!(
-                    "permission denied: the caller needs {permission} on {queue} (e.g. {role}) \
+                    "permission denied: {rpc:?} needs {permission} on {resource} ({role}) \
                      ({detail})"
                 )
             }
-            None => format!(
-                "permission denied: the caller needs roles/cloudtasks.enqueuer on {queue} and \
-                 roles/iam.serviceAccountUser (iam.serviceAccounts.actAs) on the OIDC service \
-                 account {service_account} ({detail})"
-            ),
+            None => {
+                let create = Rpc::CreateTask.requirement();
+                format!(
+                    "permission denied: creating tasks needs {create_permission} on {queue} \
+                     ({create_role}, which also holds {full_view}, needed by bulk enqueue of \
+                     unnamed tasks), and {act_as} on the OIDC service account \
+                     {service_account} ({act_as_role}) ({detail})",
+                    create_permission = create.permission,
+                    create_role = create.role,
+                    full_view = FULL_VIEW.permission,
+                    act_as = ACT_AS.permission,
+                    act_as_role = ACT_AS.role,
+                )
+            }
         },
         Code::AlreadyExists => format!(
             "a task with this name already exists in {queue}, or existed within about the last \
@@ -394,8 +415,8 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
     Error::Rpc { message, status }
 }
 
-/// A call on the tasks of the queue rather than one that creates them: what a NOT_FOUND or a
-/// PERMISSION_DENIED means depends on it.
+/// A call other than one that creates tasks: what a NOT_FOUND or a PERMISSION_DENIED means
+/// depends on it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum TaskCall<'a> {
     /// `GetTask` on this task name.
@@ -406,16 +427,18 @@ pub(crate) enum TaskCall<'a> {
     Run(&'a str),
     /// `ListTasks` on the queue.
     List,
+    /// `GetOperation` on this operation name (a batch's).
+    Operation(&'a str),
 }
 
 impl TaskCall<'_> {
-    /// The IAM permission the call needs, and the narrowest predefined role that grants it.
-    fn permission(self) -> (&'static str, &'static str) {
+    fn rpc(self) -> Rpc {
         match self {
-            Self::Get(_) => ("cloudtasks.tasks.get", "roles/cloudtasks.viewer"),
-            Self::Delete(_) => ("cloudtasks.tasks.delete", "roles/cloudtasks.taskDeleter"),
-            Self::Run(_) => ("cloudtasks.tasks.run", "roles/cloudtasks.taskRunner"),
-            Self::List => ("cloudtasks.tasks.list", "roles/cloudtasks.viewer"),
+            Self::Get(_) => Rpc::GetTask,
+            Self::Delete(_) => Rpc::DeleteTask,
+            Self::Run(_) => Rpc::RunTask,
+            Self::List => Rpc::ListTasks,
+            Self::Operation(_) => Rpc::GetOperation,
         }
     }
 }

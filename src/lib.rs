@@ -66,6 +66,7 @@ mod dedupe;
 mod documents;
 mod error;
 mod payload;
+mod permissions;
 pub mod proto;
 mod rate;
 #[cfg(feature = "receiver")]

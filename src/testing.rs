@@ -41,6 +41,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::error::Code;
+use crate::permissions::{ACT_AS, FULL_VIEW, Rpc};
 
 use crate::proto::google::cloud::tasks::v2 as pb;
 use crate::proto::google::longrunning::operations_server::{Operations, OperationsServer};
@@ -109,6 +110,8 @@ struct State {
     shuffle_created: bool,
     /// Operations are forgotten once answered, as if they had expired.
     expire_operations: bool,
+    /// The caller's permissions by resource; `None` allows every call.
+    grants: Option<Vec<(String, HashSet<String>)>>,
 }
 
 /// A token bucket of tasks, as Cloud Tasks' quota refuses calls past a rate: a call of `n`
@@ -322,6 +325,31 @@ impl MockCloudTasks {
         self.lock().expire_operations = true;
     }
 
+    /// From now on the caller holds only the permissions granted here (grants add up): a call
+    /// that needs a permission not granted on its resource, or on a resource above it, is
+    /// refused with PERMISSION_DENIED worded as Cloud Tasks words it. Until the first grant
+    /// every call is allowed.
+    ///
+    /// `resource` is a full name: `projects/p` (covers everything in the project, operations
+    /// included), a queue path (covers its tasks), a task name; a service account is named by
+    /// its email. What each call needs is the crate's own table: CreateTask and
+    /// BatchCreateTasks `cloudtasks.tasks.create` on the queue, `cloudtasks.tasks.fullView` on
+    /// the queue for the FULL view, and `iam.serviceAccounts.actAs` on each OIDC token's
+    /// account; GetOperation `cloudtasks.operations.get` on the operation
+    /// (`projects/p/locations/l/operations/...`, which no queue grant covers); GetTask,
+    /// DeleteTask, RunTask `cloudtasks.tasks.get` / `.delete` / `.run` on the task; ListTasks
+    /// `cloudtasks.tasks.list` on the queue.
+    pub fn grant<I: IntoIterator<Item = S>, S: Into<String>>(
+        &self,
+        resource: &str,
+        permissions: I,
+    ) {
+        self.lock().grants.get_or_insert_with(Vec::new).push((
+            resource.to_owned(),
+            permissions.into_iter().map(Into::into).collect(),
+        ));
+    }
+
     /// Every `GetTask` request received, in order, including rejected ones.
     pub fn get_task_calls(&self) -> Vec<Recorded<pb::GetTaskRequest>> {
         self.lock().get_task_calls.clone()
@@ -400,6 +428,64 @@ impl State {
             .iter_mut()
             .find(|task| task.name == name)
             .ok_or_else(|| Status::not_found("Requested entity was not found."))
+    }
+
+    /// PERMISSION_DENIED, as Cloud Tasks words it, unless `permission` is granted on `resource`
+    /// or on a resource whose name it is under.
+    fn require(&self, permission: &str, resource: &str) -> Result<(), Status> {
+        let Some(grants) = &self.grants else {
+            return Ok(());
+        };
+        let covers = |granted_on: &str| {
+            resource
+                .strip_prefix(granted_on)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if grants
+            .iter()
+            .any(|(on, held)| held.contains(permission) && covers(on))
+        {
+            return Ok(());
+        }
+        Err(Status::permission_denied(format!(
+            "The principal (user or service account) lacks IAM permission \"{permission}\" for \
+             the resource \"{resource}\" (or the resource may not exist)."
+        )))
+    }
+
+    /// What creating these tasks in `parent` needs: the call's permission and, for the FULL
+    /// view, `fullView` on the queue; `actAs` on each OIDC token's service account.
+    fn require_create<'a>(
+        &self,
+        rpc: Rpc,
+        parent: &str,
+        requests: impl IntoIterator<Item = &'a CreateTaskRequest>,
+    ) -> Result<(), Status> {
+        self.require(rpc.requirement().permission, parent)?;
+        for request in requests {
+            if request.response_view == i32::from(pb::task::View::Full) {
+                self.require(FULL_VIEW.permission, parent)?;
+            }
+            if let Some(pb::task::MessageType::HttpRequest(http)) = request
+                .task
+                .as_ref()
+                .and_then(|task| task.message_type.as_ref())
+                && let Some(pb::http_request::AuthorizationHeader::OidcToken(token)) =
+                    &http.authorization_header
+            {
+                self.require(ACT_AS.permission, &token.service_account_email)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What a call on one task (or the queue's list) needs, the FULL view included.
+    fn require_read(&self, rpc: Rpc, resource: &str, view: i32) -> Result<(), Status> {
+        self.require(rpc.requirement().permission, resource)?;
+        if view == i32::from(pb::task::View::Full) {
+            self.require(FULL_VIEW.permission, resource)?;
+        }
+        Ok(())
     }
 
     /// NOT_FOUND, as Cloud Tasks answers, unless `queue` exists.
@@ -645,6 +731,7 @@ impl CloudTasks for Service {
                     message: message.clone(),
                 });
             }
+            state.require_create(Rpc::CreateTask, &message.parent, [&message])?;
         }
         self.check_quota(1)?;
         match self.next_fault().await {
@@ -673,6 +760,7 @@ impl CloudTasks for Service {
                     message: message.clone(),
                 });
             }
+            state.require_create(Rpc::BatchCreateTasks, &message.parent, &message.requests)?;
         }
         self.check_quota(message.requests.len())?;
         match self.next_fault().await {
@@ -696,6 +784,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).require_read(Rpc::GetTask, &message.name, message.response_view)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let task = lock(&self.state).task_mut(&message.name)?.clone();
@@ -713,6 +802,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).require_read(Rpc::DeleteTask, &message.name, 0)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let mut state = lock(&self.state);
@@ -733,6 +823,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).require_read(Rpc::RunTask, &message.name, message.response_view)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         // No dispatch happens here: the task counts one more attempt, dispatched now, and stays.
@@ -763,6 +854,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).require_read(Rpc::ListTasks, &message.parent, message.response_view)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
         let state = lock(&self.state);
@@ -864,6 +956,7 @@ impl Operations for OperationsService {
                 message: message.clone(),
             });
         }
+        state.require(Rpc::GetOperation.requirement().permission, &message.name)?;
         let operation = state
             .operations
             .get_mut(&message.name)

@@ -178,7 +178,7 @@ async fn statuses_map_to_predicates_and_actionable_messages() {
             code: Code::PermissionDenied,
             check: Error::is_permission_denied,
             mentions: &[
-                "roles/cloudtasks.enqueuer on projects/my-project/locations/us-central1/queues/document-processing",
+                "cloudtasks.tasks.create on projects/my-project/locations/us-central1/queues/document-processing (roles/cloudtasks.enqueuer",
                 "roles/iam.serviceAccountUser",
                 "actAs",
                 SERVICE_ACCOUNT,

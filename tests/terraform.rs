@@ -6,41 +6,19 @@
 //! that are not literals as their source wrapped in `${...}`. The real module must pass; each rule
 //! has a test that breaks the real module in one place and expects exactly that rule's message.
 
+#[path = "common/terraform.rs"]
+mod module;
+
 use std::fs;
 
-use hcl::expr::{Expression, ObjectKey, TemplateExpr};
-use hcl::template::{Element, Template};
-use hcl::{Body, Structure};
-use serde_json::{Map, Value, json};
+use module::{body_json, broken, module_files, module_json};
+use serde_json::{Value, json};
 
-const MODULE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infrastructure/terraform");
 const POLICY_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/infrastructure/policy");
-
-/// `(file name, source)` of every `*.tf` in the module, sorted by name.
-fn module_files() -> Vec<(String, String)> {
-    let mut files: Vec<(String, String)> = fs::read_dir(MODULE_DIR)
-        .expect("the module directory")
-        .map(|entry| entry.expect("a directory entry").path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "tf"))
-        .map(|path| {
-            let name = path.file_name().expect("a file").to_string_lossy().into();
-            (name, fs::read_to_string(&path).expect("a readable file"))
-        })
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no *.tf in {MODULE_DIR}");
-    files
-}
 
 /// The messages of every `deny` rule that fires, sorted.
 fn denies(files: &[(String, String)]) -> Vec<String> {
-    let input: Vec<Value> = files
-        .iter()
-        .map(|(path, source)| {
-            let body = hcl::parse(source).unwrap_or_else(|e| panic!("parsing {path}: {e}"));
-            json!({ "path": path, "contents": body_json(&body) })
-        })
-        .collect();
+    let input = module_json(files);
     let mut engine = regorus::Engine::new();
     for entry in fs::read_dir(POLICY_DIR).expect("the policy directory") {
         let path = entry.expect("a directory entry").path();
@@ -58,109 +36,6 @@ fn denies(files: &[(String, String)]) -> Vec<String> {
         serde_json::from_str(&deny.to_json_str().expect("a set")).expect("a set of strings");
     messages.sort();
     messages
-}
-
-/// A body as hcl2json (conftest's HCL2 parser) gives it.
-fn body_json(body: &Body) -> Value {
-    let mut out = Map::new();
-    for structure in body {
-        match structure {
-            Structure::Attribute(attr) => {
-                out.insert(attr.key().to_owned(), expr_json(attr.expr()));
-            }
-            Structure::Block(block) => {
-                let mut level = &mut out;
-                let mut key = block.identifier().to_owned();
-                for label in block.labels() {
-                    level = level
-                        .entry(key)
-                        .or_insert_with(|| json!({}))
-                        .as_object_mut()
-                        .expect("a labelled block's type is an object");
-                    key = label.as_str().to_owned();
-                }
-                let bodies = level.entry(key).or_insert_with(|| json!([]));
-                bodies
-                    .as_array_mut()
-                    .expect("a block is a list of bodies")
-                    .push(body_json(block.body()));
-            }
-        }
-    }
-    Value::Object(out)
-}
-
-fn expr_json(expr: &Expression) -> Value {
-    match expr {
-        Expression::Null => Value::Null,
-        Expression::Bool(b) => json!(b),
-        Expression::Number(n) => serde_json::to_value(n).expect("a number"),
-        Expression::String(s) => json!(s),
-        Expression::Array(items) => items.iter().map(expr_json).collect(),
-        Expression::Object(object) => object
-            .iter()
-            .map(|(key, value)| {
-                let key = match key {
-                    ObjectKey::Identifier(id) => id.to_string(),
-                    ObjectKey::Expression(Expression::String(s)) => s.clone(),
-                    ObjectKey::Expression(other) => wrapped(other),
-                    _ => unreachable!("ObjectKey has two variants"),
-                };
-                (key, expr_json(value))
-            })
-            .collect::<Map<_, _>>()
-            .into(),
-        Expression::TemplateExpr(template) => json!(template_text(template)),
-        other => json!(wrapped(other)),
-    }
-}
-
-/// A template's literal parts with each interpolation as `${source}`.
-fn template_text(template: &TemplateExpr) -> String {
-    let parsed = Template::from_expr(template).expect("a parsed template reparses");
-    parsed
-        .elements()
-        .iter()
-        .map(|element| match element {
-            Element::Literal(text) => text.clone(),
-            Element::Interpolation(interpolation) => wrapped(&interpolation.expr),
-            Element::Directive(_) => hcl::format::to_string(element).expect("formats"),
-        })
-        .collect()
-}
-
-fn wrapped(expr: &Expression) -> String {
-    format!(
-        "${{{}}}",
-        hcl::format::to_string(expr).expect("an expression formats")
-    )
-}
-
-/// The real module after `edits`: `(file, from, to)` replaces the one occurrence of `from`, or
-/// with an empty `from` appends `to` (to a new file if `file` is not in the module).
-fn broken(edits: &[(&str, &str, &str)]) -> Vec<(String, String)> {
-    let mut files = module_files();
-    for &(file, from, to) in edits {
-        let index = match files.iter().position(|(name, _)| name == file) {
-            Some(index) => index,
-            None => {
-                files.push((file.to_owned(), String::new()));
-                files.len() - 1
-            }
-        };
-        let source = &mut files[index].1;
-        if from.is_empty() {
-            source.push_str(to);
-        } else {
-            assert_eq!(
-                source.matches(from).count(),
-                1,
-                "{file} must hold once: {from}"
-            );
-            *source = source.replacen(from, to, 1);
-        }
-    }
-    files
 }
 
 #[track_caller]
@@ -253,6 +128,8 @@ const RUN_ENQUEUER: &str = "google_cloud_run_v2_service.backend: its runtime acc
 const RUN_ACT_AS: &str = "google_cloud_run_v2_service.backend: its runtime account has no roles/iam.serviceAccountUser on the account in CLOUD_RUN_SERVICE_ACCOUNT, so tasks with that OIDC account are refused; add a google_service_account_iam_member with service_account_id = google_service_account.INVOKER.name and member = google_service_account.RUNTIME.member";
 const RUN_INVOKER: &str = "google_cloud_run_v2_service.backend: the account in CLOUD_RUN_SERVICE_ACCOUNT has no roles/run.invoker on this service, so every dispatch gets 403; add a google_cloud_run_v2_service_iam_member with name = google_cloud_run_v2_service.backend.name and member = google_service_account.INVOKER.member";
 
+const RUN_OPERATIONS: &str = "google_cloud_run_v2_service.backend: its runtime account cannot read Cloud Tasks operations (cloudtasks.operations.get on the project), so a batch whose operation is not done at once fails; add a google_project_iam_custom_role with permissions = [\"cloudtasks.operations.get\"] and a google_project_iam_member with role = google_project_iam_custom_role.ROLE.id and member = google_service_account.RUNTIME.member";
+
 fn broad(address: &str, role: &str) -> String {
     format!(
         "{address}: role {role} granted on the whole project; grant it on the one queue, service account or Cloud Run service that needs it, or use a narrower literal role"
@@ -325,6 +202,15 @@ denied! {
         public("locals.anyone", "allUsers"),
         RUN_INVOKER,
     ];
+    operation_reader_for_the_wrong_account: [("iam.tf", "member  = google_service_account.backend_runtime.member", "member  = google_service_account.task_invoker.member")] => [RUN_OPERATIONS];
+    /// A role of the module granted on the project may hold only permissions that reach no
+    /// further than what they are for.
+    operation_reader_role_holding_more: [("iam.tf", "permissions = [\"cloudtasks.operations.get\"]", "permissions = [\"cloudtasks.operations.get\", \"cloudtasks.tasks.delete\"]")]
+        => [broad("google_project_iam_member.backend_operation_reader", "${google_project_iam_custom_role.operation_reader.id}")];
+    operation_reader_role_not_declared: [("iam.tf", "role    = google_project_iam_custom_role.operation_reader.id", "role    = google_project_iam_custom_role.other.id")]
+        => [RUN_OPERATIONS, broad("google_project_iam_member.backend_operation_reader", "${google_project_iam_custom_role.other.id}")];
+    /// The custom role's `name` is the same reference as its `id`.
+    operation_reader_by_name: [("iam.tf", "role    = google_project_iam_custom_role.operation_reader.id", "role    = google_project_iam_custom_role.operation_reader.name")] => [];
     missing_output: [("outputs.tf", "output \"cloud_run_service_url\"", "output \"service_url\"")]
         => ["output \"cloud_run_service_url\": missing; add it with the value the Cloud Run service gets as CLOUD_RUN_SERVICE_URL"];
     output_that_differs_from_the_environment: [("outputs.tf", "google_service_account.task_invoker.email", "google_service_account.backend_runtime.email")]

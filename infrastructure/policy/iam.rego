@@ -91,6 +91,38 @@ harmless_broad_role(role) if {
 	not role in roles_never_broad
 }
 
+# A custom role of this module may be granted on the project only if every permission it holds
+# is one that cannot reach past what it is for. cloudtasks.operations.get reads a Cloud Tasks
+# operation whose name the caller already has; operations live under the project, so no
+# narrower grant exists.
+permissions_safe_project_wide := {"cloudtasks.operations.get"}
+
+harmless_broad_role(role) if {
+	custom := resources_of("google_project_iam_custom_role")[referenced(role, "google_project_iam_custom_role", {"id", "name"})]
+	is_array(custom.permissions)
+	every permission in custom.permissions {
+		permission in permissions_safe_project_wide
+	}
+}
+
+# BatchCreateTasks answers with an operation the client polls (GetOperation); without
+# cloudtasks.operations.get on the project a batch that is not done at once cannot learn its
+# outcome.
+deny contains msg if {
+	some name, service in resources_of("google_cloud_run_v2_service")
+	runtime_account(template_of(service))
+	not operation_reader_granted(template_of(service))
+	msg := sprintf("google_cloud_run_v2_service.%s: its runtime account cannot read Cloud Tasks operations (cloudtasks.operations.get on the project), so a batch whose operation is not done at once fails; add a google_project_iam_custom_role with permissions = [\"cloudtasks.operations.get\"] and a google_project_iam_member with role = google_project_iam_custom_role.ROLE.id and member = google_service_account.RUNTIME.member", [name])
+}
+
+operation_reader_granted(template) if {
+	runtime := runtime_account(template)
+	some grant in resources_of("google_project_iam_member")
+	member_account(grant.member) == runtime
+	custom := resources_of("google_project_iam_custom_role")[referenced(grant.role, "google_project_iam_custom_role", {"id", "name"})]
+	"cloudtasks.operations.get" in custom.permissions
+}
+
 # Anywhere a member could come from: members, member lists, locals, variable defaults.
 deny contains msg if {
 	some file in files
