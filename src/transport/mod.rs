@@ -120,8 +120,8 @@ impl Service<http::Request<Body>> for Http2Channel {
     }
 }
 
-/// One call: room on a connection, HEADERS and DATA handed to h2 from the caller's task (so
-/// both are queued before the connection's task writes), then the answer's headers.
+/// One call: room on a connection, HEADERS and DATA handed to h2 from the caller's task, then
+/// the answer's headers.
 async fn send(
     pool: Arc<Pool>,
     user_agent: HeaderValue,
@@ -146,8 +146,10 @@ async fn send(
         written.set();
     }
     if !end_of_stream {
-        // Queued behind the HEADERS before the connection task runs, so both go out in one
-        // write; h2 waits for flow-control capacity itself if the body is larger.
+        // Queued right behind the HEADERS, so both usually go out in one write: always when the
+        // connection's task runs on this thread (a current-thread runtime), while on a
+        // multi-thread runtime a worker woken by the HEADERS may write them first. h2 waits
+        // for flow-control capacity itself if the body is larger than the window.
         if let Err(error) = stream.send_data(body, true) {
             // The stream ended in between (refused, above a GOAWAY's last-stream-id, its
             // connection closed): its answer says which.
