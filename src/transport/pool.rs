@@ -127,9 +127,17 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes an idle connection out of the pool if another healthy one stays: the only healthy
-    /// connection is kept, whatever the others (closing, or with a PING unanswered) do.
+    /// Whether an idle connection should be closed: one retired already, or one the pool can
+    /// spare (it is taken out): the only healthy connection is kept, whatever the others
+    /// (closing, or with a PING unanswered) do.
     pub(super) fn retire_if_extra(&self, state: &Arc<ConnectionState>) -> bool {
+        if state.in_flight.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        // Already out of the pool (GOAWAY received) and done: nothing to keep it for.
+        if !state.takes_new_streams() {
+            return true;
+        }
         let mut pool = self.lock();
         let another_healthy = pool.open.iter().any(|connection| {
             !Arc::ptr_eq(&connection.state, state) && connection.state.is_healthy()
