@@ -770,6 +770,38 @@ mod tests {
         }
     }
 
+    /// With calls outstanding, one PING after half the keepalive timeout without a frame; once
+    /// answered, the next one waits for an answer's headers (which reset the server's strikes)
+    /// or for 5 minutes, so a server that stays silent is not PINGed into GOAWAY.
+    #[tokio::test(start_paused = true)]
+    async fn with_calls_one_ping_per_silence_until_an_answer() {
+        let state = Arc::new(ConnectionState::new(Arc::new(Notify::new())));
+        state.settled.store(true, Ordering::Release);
+        state.stream_limit.store(STREAM_LIMIT, Ordering::Release);
+        let options = ConnectionOptions {
+            keepalive_timeout: Duration::from_secs(20),
+            ..options()
+        };
+        let mut keepalive = Keepalive::new(Arc::clone(&state), &options);
+        state.call_started();
+        let (at, due) = keepalive.next();
+        assert!(matches!(due, Due::Ping(_)));
+        assert_eq!(at - Instant::now(), Duration::from_secs(10));
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        keepalive.sent(Instant::now() + Duration::from_secs(10));
+        assert_eq!(state.room(), 0, "no new call while the PING is out");
+        keepalive.answered();
+        assert!(state.room() > 0);
+        let (at, _) = keepalive.next();
+        assert_eq!(at - Instant::now(), SERVER_PING_INTERVAL_WITH_CALLS);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        state.answered();
+        let (at, _) = keepalive.next();
+        assert!(at - Instant::now() < Duration::from_secs(10), "{at:?}");
+    }
+
     #[test]
     fn the_connect_uri_keeps_the_endpoint_authority() {
         let cases = [
