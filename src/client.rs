@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use google_cloud_auth::credentials::Credentials;
@@ -14,7 +15,7 @@ use uuid::Uuid;
 use crate::BatchOptions;
 use crate::auth::{self, Auth};
 use crate::config::{Settings, Target};
-use crate::error::{self, CallContext, Error};
+use crate::error::{self, Call, CallContext, Error};
 use crate::proto::{CreateTaskRequest, RawCloudTasksClient, Task};
 use crate::rate::Pacer;
 use crate::retry::{self, Attempt, Attempted, Idempotency, RetryPolicy};
@@ -91,6 +92,9 @@ struct Inner {
     attempt_timeout: Duration,
     total_timeout: Duration,
     retry_policy: RetryPolicy,
+    /// The endpoint answered `BatchCreateTasks` with UNIMPLEMENTED: bulk enqueues send one
+    /// `CreateTask` per task from then on.
+    batch_create_unimplemented: AtomicBool,
 }
 
 impl CloudTasksClient {
@@ -133,6 +137,28 @@ impl CloudTasksClient {
     /// The endpoint calls go to.
     pub fn endpoint(&self) -> &str {
         &self.inner.endpoint
+    }
+
+    /// Whether this client's endpoint answered a `BatchCreateTasks` call with UNIMPLEMENTED,
+    /// as emulators without it do. From then on [`CloudTasksClient::enqueue_all`] and
+    /// [`CloudTasksClient::batch_enqueuer`] send one `CreateTask` per task, at the same pace
+    /// and concurrency, for the rest of the client's life (and of its clones'): a client
+    /// talks to one endpoint, whose server does not grow a method between two calls, and
+    /// asking again in every bulk enqueue would cost a refused call each time. A server that
+    /// gains the method later is only used less efficiently until the client is rebuilt.
+    pub fn batch_create_tasks_unimplemented(&self) -> bool {
+        self.inner
+            .batch_create_unimplemented
+            .load(Ordering::Relaxed)
+    }
+
+    /// Remembers that the endpoint does not implement `BatchCreateTasks`; `true` for the call
+    /// that learned it first, which says so.
+    pub(crate) fn note_batch_create_unimplemented(&self) -> bool {
+        !self
+            .inner
+            .batch_create_unimplemented
+            .swap(true, Ordering::Relaxed)
     }
 
     /// The full name a task with `task_id` gets in this client's queue.
@@ -317,7 +343,7 @@ impl CloudTasksClient {
     ) -> Result<Task, Error> {
         let request = self.prepare(request.clone(), attempt).await?;
         let mut stub = self.raw_stub();
-        self.map_response(stub.create_task(request).await)
+        self.map_response(stub.create_task(request).await, Call::CreateTask)
     }
 
     /// Runs `attempt` under the retry policy and deadlines of `options`, falling back to the
@@ -394,14 +420,15 @@ impl CloudTasksClient {
         Ok(MetadataMap::from_headers(headers))
     }
 
-    /// The result of one RPC attempt, its failure mapped.
+    /// The result of one attempt of `call`, its failure mapped.
     pub(crate) fn map_response<T>(
         &self,
         result: Result<tonic::Response<T>, tonic::Status>,
+        call: Call<'_>,
     ) -> Result<T, Error> {
         result
             .map(tonic::Response::into_inner)
-            .map_err(|status| error::from_status(status, self.call_context()))
+            .map_err(|status| self.status_error(status, call))
     }
 
     /// The client's retry policy, which bulk calls start from.
@@ -420,18 +447,18 @@ impl CloudTasksClient {
         self.inner.channel.clone()
     }
 
-    /// Maps a status received for this client's queue: a whole call's, or one task's of a batch.
-    pub(crate) fn status_error(&self, status: tonic::Status) -> Error {
-        error::from_status(status, self.call_context())
-    }
-
-    pub(crate) fn call_context(&self) -> CallContext<'_> {
-        CallContext {
-            endpoint: &self.inner.endpoint,
-            queue: self.inner.target.queue_path(),
-            service_account: self.inner.target.service_account_email(),
-            task_call: None,
-        }
+    /// Maps a status `call` received for this client's queue: a whole call's, or one task's
+    /// of a batch.
+    pub(crate) fn status_error(&self, status: tonic::Status, call: Call<'_>) -> Error {
+        error::from_status(
+            status,
+            CallContext {
+                endpoint: &self.inner.endpoint,
+                queue: self.inner.target.queue_path(),
+                service_account: self.inner.target.service_account_email(),
+                call,
+            },
+        )
     }
 }
 
@@ -803,6 +830,7 @@ impl ClientBuilder {
                 attempt_timeout: self.attempt_timeout,
                 total_timeout: self.total_timeout,
                 retry_policy: self.retry_policy,
+                batch_create_unimplemented: AtomicBool::new(false),
             }),
         })
     }

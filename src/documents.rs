@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::client::{CallOptions, CloudTasksClient};
 use crate::dedupe::document_task_id;
-use crate::error::{self, CallContext, Error, TaskCall};
+use crate::error::{Call, Error};
 use crate::proto::Task;
 use crate::proto::google::cloud::tasks::v2::{
     DeleteTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, RunTaskRequest,
@@ -153,7 +153,7 @@ impl CloudTasksClient {
                 };
                 let request = self.prepare_by_name(message, name, attempt).await?;
                 let result = self.raw_stub().get_task(request).await;
-                self.map_task_response(result, TaskCall::Get(name))
+                self.map_response(result, Call::GetTask(name))
             })
             .await;
         if let Err(error) = &outcome.result
@@ -172,7 +172,7 @@ impl CloudTasksClient {
                 };
                 let request = self.prepare_by_name(message, name, attempt).await?;
                 let result = self.raw_stub().delete_task(request).await;
-                self.map_task_response(result, TaskCall::Delete(name))
+                self.map_response(result, Call::DeleteTask(name))
             })
             .await;
         match &outcome.result {
@@ -196,7 +196,7 @@ impl CloudTasksClient {
                 };
                 let request = self.prepare_by_name(message, name, attempt).await?;
                 let result = self.raw_stub().run_task(request).await;
-                self.map_task_response(result, TaskCall::Run(name))
+                self.map_response(result, Call::RunTask(name))
             })
             .await;
         match &outcome.result {
@@ -229,28 +229,13 @@ impl CloudTasksClient {
                 // `prepare` already routes by `parent=<queue>`, as ListTasks needs.
                 let request = self.prepare(message, attempt).await?;
                 let result = self.raw_stub().list_tasks(request).await;
-                self.map_task_response(result, TaskCall::List)
+                self.map_response(result, Call::ListTasks)
             })
             .await;
         if let Err(error) = &outcome.result {
             tracing::warn!(queue = self.queue_path(), attempts = outcome.attempts, %error, "ListTasks failed");
         }
         outcome.result
-    }
-
-    /// The result of one attempt of `call`, its failure mapped.
-    pub(crate) fn map_task_response<T>(
-        &self,
-        result: Result<tonic::Response<T>, tonic::Status>,
-        call: TaskCall<'_>,
-    ) -> Result<T, Error> {
-        let context = CallContext {
-            task_call: Some(call),
-            ..self.call_context()
-        };
-        result
-            .map(tonic::Response::into_inner)
-            .map_err(|status| error::from_status(status, context))
     }
 }
 

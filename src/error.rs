@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(doc)]
+use crate::CloudTasksClient;
 use crate::permissions::{ACT_AS, FULL_VIEW, Requirement, Rpc};
 use crate::transport::{NotSent, NotSentReason};
 
@@ -220,6 +222,13 @@ impl Error {
         self.code() == Some(Code::InvalidArgument)
     }
 
+    /// The endpoint does not implement the call (an emulator without it, or another server
+    /// that is not Cloud Tasks): nothing was done. [`CloudTasksClient::enqueue_all`] and
+    /// [`CloudTasksClient::batch_enqueuer`] handle a missing `BatchCreateTasks` themselves.
+    pub fn is_unimplemented(&self) -> bool {
+        self.code() == Some(Code::Unimplemented)
+    }
+
     /// The call carried no valid credentials.
     pub fn is_unauthenticated(&self) -> bool {
         self.code() == Some(Code::Unauthenticated)
@@ -305,9 +314,8 @@ pub(crate) struct CallContext<'a> {
     pub(crate) endpoint: &'a str,
     pub(crate) queue: &'a str,
     pub(crate) service_account: &'a str,
-    /// A call other than creating tasks: NOT_FOUND then means the task (or operation) is
-    /// absent, and PERMISSION_DENIED names that call's permission rather than the enqueuer's.
-    pub(crate) task_call: Option<TaskCall<'a>>,
+    /// The RPC the status answers.
+    pub(crate) call: Call<'a>,
 }
 
 /// Turns a status from Cloud Tasks into an [`Error`] whose message says what to do.
@@ -318,7 +326,7 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
         endpoint,
         queue,
         service_account,
-        task_call,
+        call,
     } = call;
     if let Some(reason) = cause::<NotSent>(&status).map(|not_sent| not_sent.reason) {
         let endpoint = endpoint.to_owned();
@@ -341,31 +349,35 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
     let detail = status.message();
     let (project_location, queue_id) = queue.rsplit_once("/queues/").unwrap_or((queue, queue));
     let message = match status.code() {
-        Code::NotFound => match task_call {
-            Some(TaskCall::Get(task) | TaskCall::Delete(task) | TaskCall::Run(task)) => format!(
+        Code::NotFound => match call {
+            Call::GetTask(task) | Call::DeleteTask(task) | Call::RunTask(task) => format!(
                 "task {task} does not exist: it was never enqueued (or under another dedupe \
                  key), or it already finished or was deleted (Cloud Tasks keeps no finished \
                  task). A missing queue is answered the same way, so if no task is ever found, \
                  check CLOUD_TASKS_QUEUE / GCP_LOCATION / GCP_PROJECT_ID ({detail})"
             ),
-            Some(TaskCall::Operation(operation)) => format!(
+            Call::GetOperation(operation) => format!(
                 "operation {operation} does not exist: Cloud Tasks no longer knows it \
                  (operations expire) ({detail})"
             ),
-            Some(TaskCall::List) | None => format!(
+            Call::ListTasks | Call::CreateTask | Call::BatchCreateTasks => format!(
                 "queue {queue_id:?} does not exist in {project_location}: create it \
                  (`gcloud tasks queues create {queue_id}`) or fix CLOUD_TASKS_QUEUE / \
                  GCP_LOCATION / GCP_PROJECT_ID ({detail})"
             ),
         },
-        Code::PermissionDenied => match task_call {
-            Some(task_call) => {
-                let rpc = task_call.rpc();
+        Code::PermissionDenied => match call {
+            Call::GetTask(_)
+            | Call::DeleteTask(_)
+            | Call::RunTask(_)
+            | Call::ListTasks
+            | Call::GetOperation(_) => {
+                let rpc = call.rpc();
                 let Requirement { permission, role } = rpc.requirement();
                 // Task calls are granted on the queue (a task's name is under it); an
                 // operation is under the project, and names itself.
-                let resource = match task_call {
-                    TaskCall::Operation(operation) => operation,
+                let resource = match call {
+                    Call::GetOperation(operation) => operation,
                     _ => queue,
                 };
                 format!(
@@ -373,7 +385,8 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
                      ({detail})"
                 )
             }
-            None => {
+            // A refused batch is worded as a refused CreateTask: the same permissions.
+            Call::CreateTask | Call::BatchCreateTasks => {
                 let create = Rpc::CreateTask.requirement();
                 format!(
                     "permission denied: creating tasks needs {create_permission} on {queue} \
@@ -410,35 +423,64 @@ pub(crate) fn from_status(status: tonic::Status, call: CallContext<'_>) -> Error
             "Cloud Tasks quota exhausted for {queue}: {detail}. Slow down and retry later, or \
              raise the quota"
         ),
+        // The server processed nothing: an endpoint that is not Cloud Tasks itself (an
+        // emulator, a proxy) without this method, or a path no gRPC server serves.
+        Code::Unimplemented => {
+            let method = call.method();
+            format!(
+                "{endpoint} does not implement {method} (UNIMPLEMENTED: {detail}): an emulator \
+                 without {method}, or another server that is not Cloud Tasks; nothing was done. \
+                 Use Cloud Tasks, or an emulator that implements {method}, for this call"
+            )
+        }
         code => format!("Cloud Tasks call failed ({code:?}): {detail}"),
     };
     Error::Rpc { message, status }
 }
 
-/// A call other than one that creates tasks: what a NOT_FOUND or a PERMISSION_DENIED means
+/// The RPC a status answers: messages name it, and what NOT_FOUND and PERMISSION_DENIED mean
 /// depends on it.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum TaskCall<'a> {
-    /// `GetTask` on this task name.
-    Get(&'a str),
-    /// `DeleteTask` on this task name.
-    Delete(&'a str),
-    /// `RunTask` on this task name.
-    Run(&'a str),
-    /// `ListTasks` on the queue.
-    List,
+pub(crate) enum Call<'a> {
+    /// `CreateTask` on the queue.
+    CreateTask,
+    /// `BatchCreateTasks` on the queue.
+    BatchCreateTasks,
     /// `GetOperation` on this operation name (a batch's).
-    Operation(&'a str),
+    GetOperation(&'a str),
+    /// `GetTask` on this task name.
+    GetTask(&'a str),
+    /// `DeleteTask` on this task name.
+    DeleteTask(&'a str),
+    /// `RunTask` on this task name.
+    RunTask(&'a str),
+    /// `ListTasks` on the queue.
+    ListTasks,
 }
 
-impl TaskCall<'_> {
+impl Call<'_> {
+    /// The RPC's name, as the service defines it.
+    pub(crate) const fn method(self) -> &'static str {
+        match self {
+            Self::CreateTask => "CreateTask",
+            Self::BatchCreateTasks => "BatchCreateTasks",
+            Self::GetOperation(_) => "GetOperation",
+            Self::GetTask(_) => "GetTask",
+            Self::DeleteTask(_) => "DeleteTask",
+            Self::RunTask(_) => "RunTask",
+            Self::ListTasks => "ListTasks",
+        }
+    }
+
     fn rpc(self) -> Rpc {
         match self {
-            Self::Get(_) => Rpc::GetTask,
-            Self::Delete(_) => Rpc::DeleteTask,
-            Self::Run(_) => Rpc::RunTask,
-            Self::List => Rpc::ListTasks,
-            Self::Operation(_) => Rpc::GetOperation,
+            Self::CreateTask => Rpc::CreateTask,
+            Self::BatchCreateTasks => Rpc::BatchCreateTasks,
+            Self::GetOperation(_) => Rpc::GetOperation,
+            Self::GetTask(_) => Rpc::GetTask,
+            Self::DeleteTask(_) => Rpc::DeleteTask,
+            Self::RunTask(_) => Rpc::RunTask,
+            Self::ListTasks => Rpc::ListTasks,
         }
     }
 }
@@ -682,7 +724,7 @@ mod tests {
             endpoint: "http://127.0.0.1:1",
             queue: "projects/p/locations/l/queues/q",
             service_account: "a@p.iam.gserviceaccount.com",
-            task_call: None,
+            call: Call::CreateTask,
         };
         let status = tonic::Status::with_details(
             tonic::Code::PermissionDenied,
@@ -698,5 +740,41 @@ mod tests {
             source.downcast_ref::<tonic::Status>().unwrap().message(),
             "denied"
         );
+    }
+
+    /// UNIMPLEMENTED reads the same for every call: the endpoint, the call it lacks, and that
+    /// nothing was done (so nothing may exist).
+    #[test]
+    fn unimplemented_names_the_call_and_the_endpoint() {
+        let task = "projects/p/locations/l/queues/q/tasks/t";
+        for call in [
+            Call::CreateTask,
+            Call::BatchCreateTasks,
+            Call::GetOperation("projects/p/locations/l/operations/o"),
+            Call::GetTask(task),
+            Call::DeleteTask(task),
+            Call::RunTask(task),
+            Call::ListTasks,
+        ] {
+            let context = CallContext {
+                endpoint: "http://127.0.0.1:9022",
+                queue: "projects/p/locations/l/queues/q",
+                service_account: "a@p.iam.gserviceaccount.com",
+                call,
+            };
+            let error = from_status(tonic::Status::unimplemented("Method not found!"), context);
+            let method = call.method();
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "http://127.0.0.1:9022 does not implement {method} (UNIMPLEMENTED: Method \
+                     not found!): an emulator without {method}, or another server that is not \
+                     Cloud Tasks; nothing was done. Use Cloud Tasks, or an emulator that \
+                     implements {method}, for this call"
+                )
+            );
+            assert!(error.is_unimplemented());
+            assert!(!error.task_may_exist(), "{method}");
+        }
     }
 }

@@ -36,14 +36,6 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rpc {
     CreateTask,
-    #[cfg_attr(
-        not(feature = "testing"),
-        allow(
-            dead_code,
-            reason = "the client words a refused batch as a refused CreateTask; only the mock \
-                      server asks for the batch's own requirement"
-        )
-    )]
     BatchCreateTasks,
     /// `google.longrunning.Operations/GetOperation`, polling a batch's operation.
     GetOperation,

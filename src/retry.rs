@@ -215,7 +215,7 @@ mod tests {
                 endpoint: "http://127.0.0.1:1",
                 queue: "projects/p/locations/l/queues/q",
                 service_account: "a@p.iam.gserviceaccount.com",
-                task_call: None,
+                call: crate::error::Call::CreateTask,
             },
         )
     }

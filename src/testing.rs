@@ -110,6 +110,8 @@ struct State {
     shuffle_created: bool,
     /// Operations are forgotten once answered, as if they had expired.
     expire_operations: bool,
+    /// RPCs answered UNIMPLEMENTED, by name.
+    unimplemented: HashSet<&'static str>,
     /// The caller's permissions by resource; `None` allows every call.
     grants: Option<Vec<(String, HashSet<String>)>>,
 }
@@ -243,6 +245,26 @@ impl MockCloudTasks {
     /// Only these queues exist (full paths); `CreateTask` on any other is NOT_FOUND.
     pub fn set_queues<I: IntoIterator<Item = S>, S: Into<String>>(&self, queues: I) {
         self.lock().queues = Some(queues.into_iter().map(Into::into).collect());
+    }
+
+    /// Answers these RPCs (by name: `"BatchCreateTasks"`, `"GetTask"`...) with UNIMPLEMENTED
+    /// from now on, as a server without them does (an emulator); they are still recorded.
+    ///
+    /// # Panics
+    /// On a name that is not one of the RPCs the client makes.
+    pub fn set_unimplemented<'a>(&self, methods: impl IntoIterator<Item = &'a str>) {
+        let unimplemented = methods
+            .into_iter()
+            .map(|method| {
+                MOCKED_METHODS
+                    .into_iter()
+                    .find(|known| *known == method)
+                    .unwrap_or_else(|| {
+                        panic!("{method:?} is none of the mock's RPCs: {MOCKED_METHODS:?}")
+                    })
+            })
+            .collect();
+        self.lock().unimplemented = unimplemented;
     }
 
     /// Queues a fault for the next call that has none yet; faults apply in order.
@@ -421,6 +443,15 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl State {
+    /// UNIMPLEMENTED if the test took `method` away, as gRPC servers answer a method they
+    /// lack (before looking at the caller's permissions).
+    fn implemented(&self, method: &str) -> Result<(), Status> {
+        if self.unimplemented.contains(method) {
+            return Err(Status::unimplemented(format!("Method not found: {method}")));
+        }
+        Ok(())
+    }
+
     /// The stored task named `name`, or NOT_FOUND as Cloud Tasks answers for a task that was
     /// never created, already ran or was deleted.
     fn task_mut(&mut self, name: &str) -> Result<&mut Task, Status> {
@@ -731,6 +762,7 @@ impl CloudTasks for Service {
                     message: message.clone(),
                 });
             }
+            state.implemented("CreateTask")?;
             state.require_create(Rpc::CreateTask, &message.parent, [&message])?;
         }
         self.check_quota(1)?;
@@ -760,6 +792,7 @@ impl CloudTasks for Service {
                     message: message.clone(),
                 });
             }
+            state.implemented("BatchCreateTasks")?;
             state.require_create(Rpc::BatchCreateTasks, &message.parent, &message.requests)?;
         }
         self.check_quota(message.requests.len())?;
@@ -784,6 +817,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).implemented("GetTask")?;
         lock(&self.state).require_read(Rpc::GetTask, &message.name, message.response_view)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
@@ -802,6 +836,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).implemented("DeleteTask")?;
         lock(&self.state).require_read(Rpc::DeleteTask, &message.name, 0)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
@@ -823,6 +858,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).implemented("RunTask")?;
         lock(&self.state).require_read(Rpc::RunTask, &message.name, message.response_view)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
@@ -854,6 +890,7 @@ impl CloudTasks for Service {
             metadata,
             &message,
         );
+        lock(&self.state).implemented("ListTasks")?;
         lock(&self.state).require_read(Rpc::ListTasks, &message.parent, message.response_view)?;
         let fault = self.next_fault().await;
         rejected(fault.as_ref())?;
@@ -902,6 +939,17 @@ impl CloudTasks for Service {
         )
     }
 }
+
+/// The RPCs the mock serves, by name.
+const MOCKED_METHODS: [&str; 7] = [
+    "CreateTask",
+    "BatchCreateTasks",
+    "GetOperation",
+    "GetTask",
+    "DeleteTask",
+    "RunTask",
+    "ListTasks",
+];
 
 /// Records a call unless the server forgets its history.
 fn record<T: Clone>(
@@ -956,6 +1004,7 @@ impl Operations for OperationsService {
                 message: message.clone(),
             });
         }
+        state.implemented("GetOperation")?;
         state.require(Rpc::GetOperation.requirement().permission, &message.name)?;
         let operation = state
             .operations

@@ -617,3 +617,127 @@ async fn the_enqueuer_streams_outcomes_and_bounds_calls_in_flight() {
     );
     assert_eq!(server.batch_create_tasks_calls().len(), 5);
 }
+
+/// Each document's task held by the server, counted by document.
+fn stored_per_document(server: &MockCloudTasks) -> HashMap<Uuid, usize> {
+    let mut stored = HashMap::new();
+    for task in server.tasks() {
+        *stored.entry(body(&task).document_id).or_default() += 1;
+    }
+    stored
+}
+
+/// An endpoint without BatchCreateTasks (the fault: UNIMPLEMENTED, as an emulator without it
+/// answers): the refused batch's tasks and every later one go with CreateTask, each created
+/// once; the client remembers, so a later bulk enqueue asks no second time.
+#[tokio::test]
+async fn a_batch_refused_as_unimplemented_goes_one_task_per_call_and_is_remembered() {
+    let (server, client) = mock_and_client().await;
+    server.push_fault(Fault::Reject(
+        Code::Unimplemented,
+        "Method not found!".into(),
+    ));
+    let input = documents(250);
+    let options = BatchOptions::new()
+        .with_concurrency(1)
+        .with_rate_limit(RateLimit::none());
+
+    let outcomes = client.enqueue_all(input.clone(), options.clone()).await;
+
+    assert!(outcomes.iter().all(is_created), "{outcomes:?}");
+    assert!(client.batch_create_tasks_unimplemented());
+    assert_eq!(server.batch_create_tasks_calls().len(), 1, "asked once");
+    assert_eq!(server.create_task_calls().len(), 250);
+    let stored = stored_per_document(&server);
+    assert_eq!(stored.len(), 250);
+    assert!(input.iter().all(|d| stored.get(&d.document_id) == Some(&1)));
+
+    // The same client (a clone) goes straight to CreateTask; de-duplication still holds.
+    let again = client
+        .clone()
+        .enqueue_all(input[..10].to_vec(), options.clone().with_dedupe(true))
+        .await;
+    assert!(again.iter().all(is_created), "named now: {again:?}");
+    let rerun = client
+        .enqueue_all(input[..10].to_vec(), options.with_dedupe(true))
+        .await;
+    assert!(
+        rerun.iter().all(|o| already_enqueued(o).is_some()),
+        "{rerun:?}"
+    );
+    assert_eq!(
+        server.batch_create_tasks_calls().len(),
+        1,
+        "not asked again"
+    );
+    assert_eq!(server.create_task_calls().len(), 270);
+}
+
+/// UNIMPLEMENTED on a resend after an attempt that may have created the tasks (its answer was
+/// lost: the fault stores the batch, then fails with UNAVAILABLE) is no reason to send them
+/// again one by one: that could create each twice. The tasks are reported as "may exist".
+#[tokio::test]
+async fn unimplemented_after_an_attempt_that_may_have_created_the_tasks_is_not_a_fallback() {
+    let (server, client) = mock_and_client().await;
+    server.push_fault(Fault::FailAfterStore(
+        Code::Unavailable,
+        "reply lost".into(),
+    ));
+    server.push_fault(Fault::Reject(
+        Code::Unimplemented,
+        "Method not found!".into(),
+    ));
+    let input = documents(5);
+
+    let outcomes = client
+        .enqueue_all(
+            input.clone(),
+            BatchOptions::new().with_rate_limit(RateLimit::none()),
+        )
+        .await;
+
+    for outcome in &outcomes {
+        let error = outcome.as_ref().unwrap_err();
+        assert!(error.task_may_exist(), "{error}");
+        assert_eq!(error.code(), Some(Code::Unavailable), "{error}");
+    }
+    assert_eq!(server.batch_create_tasks_calls().len(), 2);
+    assert!(server.create_task_calls().is_empty(), "no task sent again");
+    assert!(!client.batch_create_tasks_unimplemented());
+    let stored = stored_per_document(&server);
+    assert!(input.iter().all(|d| stored.get(&d.document_id) == Some(&1)));
+}
+
+/// A server that accepts batches but cannot be asked about their operations (GetOperation
+/// UNIMPLEMENTED): the batch was accepted, so its tasks may exist and are not sent again.
+#[tokio::test]
+async fn an_accepted_batch_whose_operation_cannot_be_read_is_not_sent_again() {
+    let (server, client) = mock_and_client().await;
+    server.set_operation_polls(1);
+    server.set_unimplemented(["GetOperation"]);
+    let input = documents(5);
+
+    let outcomes = client
+        .enqueue_all(
+            input.clone(),
+            BatchOptions::new().with_rate_limit(RateLimit::none()),
+        )
+        .await;
+
+    for outcome in &outcomes {
+        let error = outcome.as_ref().unwrap_err();
+        assert!(matches!(error, Error::OperationLost { .. }), "{error:?}");
+        assert!(error.task_may_exist());
+        assert!(
+            error
+                .to_string()
+                .contains("does not implement GetOperation"),
+            "{error}"
+        );
+    }
+    assert_eq!(server.get_operation_calls().len(), 1, "not retried");
+    assert!(server.create_task_calls().is_empty(), "no task sent again");
+    assert!(!client.batch_create_tasks_unimplemented());
+    let stored = stored_per_document(&server);
+    assert!(input.iter().all(|d| stored.get(&d.document_id) == Some(&1)));
+}

@@ -432,3 +432,69 @@ async fn the_run_follows_the_rate_and_the_help_shows_the_backfill_workflow() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A server without BatchCreateTasks, with every batch sent at once (`--no-ramp`, 8 in flight):
+/// the batches in flight are all refused, yet the switch to one CreateTask per document is
+/// said once on stderr and logged once, and every document is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_batch_create_tasks_is_said_once_and_loses_nothing() {
+    let server = MockCloudTasks::start().await.unwrap();
+    server.set_unimplemented(["BatchCreateTasks"]);
+    let dir = temp_dir();
+    let docs = documents(1000);
+    let lines: Vec<String> = docs
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let input = write_input(&dir, "documents.jsonl", &lines);
+    let mut command = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host());
+    command
+        .current_dir(&dir)
+        .env("RUST_LOG", "cloud_tasks=warn")
+        .arg("enqueue-batch")
+        .arg(&input)
+        .arg("--no-ramp")
+        .stdin(Stdio::null());
+
+    let output = command.output().await.unwrap();
+
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(output.stdout.is_empty());
+    let note = format!(
+        "note: {} does not implement BatchCreateTasks (it answered UNIMPLEMENTED",
+        server.uri()
+    );
+    assert_eq!(stderr.matches(&note).count(), 1, "{stderr}");
+    let log = "the endpoint does not implement BatchCreateTasks";
+    assert_eq!(stderr.matches(log).count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("1000 created, 0 already enqueued, 0 failed"),
+        "{stderr}"
+    );
+    let batches = server.batch_create_tasks_calls().len();
+    assert!(
+        (1..=8).contains(&batches),
+        "only the batches in flight asked: {batches}"
+    );
+    assert_eq!(server.create_task_calls().len(), 1000);
+    let mut stored: Vec<Uuid> = server
+        .tasks()
+        .iter()
+        .map(|task| match &task.message_type {
+            Some(cloud_tasks::proto::MessageType::HttpRequest(http)) => {
+                serde_json::from_slice::<Value>(&http.body).unwrap()["document_id"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    stored.sort_unstable();
+    let mut expected: Vec<Uuid> = docs.iter().map(|(id, _)| *id).collect();
+    expected.sort_unstable();
+    assert_eq!(stored, expected, "each document stored once");
+    std::fs::remove_dir_all(dir).unwrap();
+}

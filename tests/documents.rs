@@ -364,3 +364,57 @@ async fn listing_a_missing_queue_says_the_queue_is_missing() {
         "{error}"
     );
 }
+
+/// A server without the document calls (an emulator): each fails once, unretried, with an
+/// error naming the call and the endpoint, and nothing says the task may exist.
+#[tokio::test]
+async fn calls_the_server_lacks_name_the_call_and_the_endpoint() {
+    let (server, client) = mock_and_client().await;
+    server.set_unimplemented(["GetTask", "DeleteTask", "RunTask", "ListTasks"]);
+    let document_id = Uuid::new_v4();
+    let errors = [
+        (
+            "GetTask",
+            client
+                .document_task(document_id, None, &options())
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "DeleteTask",
+            client
+                .cancel_document(document_id, None, &options())
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "RunTask",
+            client
+                .run_document(document_id, None, &options())
+                .await
+                .unwrap_err(),
+        ),
+        (
+            "ListTasks",
+            client
+                .list_tasks(ListTasksOptions::new())
+                .next_page()
+                .await
+                .unwrap_err(),
+        ),
+    ];
+    for (method, error) in errors {
+        assert!(error.is_unimplemented(), "{method}: {error}");
+        assert!(!error.task_may_exist(), "{method}: {error}");
+        let expected = format!(
+            "{} does not implement {method} (UNIMPLEMENTED: Method not found: {method}): an \
+             emulator without {method}",
+            server.uri()
+        );
+        assert!(error.to_string().starts_with(&expected), "{error}");
+    }
+    assert_eq!(server.get_task_calls().len(), 1);
+    assert_eq!(server.delete_task_calls().len(), 1);
+    assert_eq!(server.run_task_calls().len(), 1);
+    assert_eq!(server.list_tasks_calls().len(), 1);
+}

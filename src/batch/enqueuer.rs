@@ -130,30 +130,14 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
         let call = self.call.clone();
         // The call waits for its turn on its own task, so a slow rate holds at most
         // `concurrency` calls' tasks, and the deadline starts when the call may go.
-        match self.options.mode {
-            EnqueueMode::Batch => {
-                self.in_flight.spawn(async move {
-                    call.pacer.acquire(items.len()).await;
-                    client.create_batch(items, &call).await
-                });
+        let mode = self.options.mode;
+        self.in_flight.spawn(async move {
+            call.pacer.acquire(items.len()).await;
+            match mode {
+                EnqueueMode::Batch => client.create_batch(items, &call).await,
+                EnqueueMode::PerTask => client.create_each(items, &call).await,
             }
-            EnqueueMode::PerTask => {
-                self.in_flight.spawn(async move {
-                    let mut done = Vec::with_capacity(items.len());
-                    for (key, task) in items {
-                        call.pacer.acquire(1).await;
-                        let options = call.until(Instant::now() + call.total);
-                        // The call `enqueue` makes, retries included; its resends are paced.
-                        let outcome = client
-                            .enqueue_validated(task, &options, Some(&call.pacer))
-                            .await
-                            .map_err(|error| call.deadline_error(error));
-                        done.push((key, call.outcome(outcome)));
-                    }
-                    done
-                });
-            }
-        }
+        });
     }
 }
 
@@ -216,5 +200,25 @@ impl CloudTasksClient {
         done.extend(enqueuer.finish().await);
         done.sort_unstable_by_key(|(index, _)| *index);
         done.into_iter().map(|(_, outcome)| outcome).collect()
+    }
+
+    /// Creates each task with a `CreateTask` call of its own, one after the other: the call
+    /// [`CloudTasksClient::enqueue`] makes, retries included, with the bulk call's deadline for
+    /// each, and resends paced. The caller has reserved the tasks' pace.
+    pub(super) async fn create_each<K>(
+        &self,
+        items: Vec<(K, Task)>,
+        call: &BulkCall,
+    ) -> Vec<Keyed<K>> {
+        let mut done = Vec::with_capacity(items.len());
+        for (key, task) in items {
+            let options = call.until(Instant::now() + call.total);
+            let outcome = self
+                .enqueue_validated(task, &options, Some(&call.pacer))
+                .await
+                .map_err(|error| call.deadline_error(error));
+            done.push((key, call.outcome(outcome)));
+        }
+        done
     }
 }

@@ -18,6 +18,12 @@
 //!   instead of making Cloud Tasks reject its whole batch.
 //! - Tasks of a batch that failed as a whole each get a clone of its error (`Error` is cheap to
 //!   clone: its causes are shared), so every task's outcome keeps `source()`.
+//! - An endpoint that answers `BatchCreateTasks` with UNIMPLEMENTED (an emulator without it)
+//!   processed nothing, so the batch's tasks go one `CreateTask` each, within the pace the
+//!   batch reserved and in its place among the calls in flight; the client remembers it
+//!   ([`CloudTasksClient::batch_create_tasks_unimplemented`]) and sends every later batch that
+//!   way. Not after an attempt that may have created the tasks (a lost answer, then
+//!   UNIMPLEMENTED on the resend): sending them again could create each twice.
 //! - Retries follow the crate's one policy (`retry.rs`): a batch is idempotent thanks to its
 //!   `request_id`, and polling an operation is a read, so both are retried on transient
 //!   failures; per-task mode retries exactly as `enqueue` does. A batch that still
@@ -26,7 +32,8 @@
 //!
 //! The parts: `options` (what the caller sets), `enqueuer` (the bounded set of calls in flight,
 //! and the pace each call waits for before it goes), `operation` (one `BatchCreateTasks` call:
-//! send, poll, resend what was refused for quota) and `pairing` (which created task answers
+//! send, poll, resend what was refused for quota; where the endpoint lacks
+//! `BatchCreateTasks`, hand the tasks to `CreateTask`) and `pairing` (which created task answers
 //! which request). The enqueuer spawns calls; a call owns its tasks until it returns one
 //! outcome per task; pairing is pure.
 

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::client::{CloudTasksClient, Enqueued};
-use crate::error::{Code, Error, TaskCall};
+use crate::error::{Call, Code, Error};
 use crate::proto::google::longrunning::operations_client::OperationsClient;
 use crate::proto::google::longrunning::{GetOperationRequest, operation};
 use crate::proto::{
@@ -40,6 +40,9 @@ enum Round {
     /// Refused for quota in the operation's `failed_requests`: not created, so it may be sent
     /// again, in another batch.
     Exhausted(Box<Task>, Error),
+    /// The endpoint does not implement `BatchCreateTasks` and processed nothing: send it with
+    /// `CreateTask`.
+    Unimplemented(Box<Task>),
 }
 
 impl CloudTasksClient {
@@ -58,7 +61,10 @@ impl CloudTasksClient {
         let mut stub = self
             .raw_stub()
             .max_decoding_message_size(MAX_BATCH_RESPONSE_BYTES);
-        self.map_response(stub.batch_create_tasks(request).await)
+        self.map_response(
+            stub.batch_create_tasks(request).await,
+            Call::BatchCreateTasks,
+        )
     }
 
     /// One `GetOperation` attempt for an operation of this client's queue.
@@ -74,9 +80,9 @@ impl CloudTasksClient {
             .await?;
         let mut operations = OperationsClient::new(self.channel())
             .max_decoding_message_size(MAX_BATCH_RESPONSE_BYTES);
-        self.map_task_response(
+        self.map_response(
             operations.get_operation(request).await,
-            TaskCall::Operation(name),
+            Call::GetOperation(name),
         )
     }
 
@@ -129,14 +135,20 @@ impl CloudTasksClient {
     }
 
     /// Creates `items` with one deadline: the batch, its resends, its operation's polls and,
-    /// for tasks the operation refused for quota, further batches of just those.
+    /// for tasks the operation refused for quota, further batches of just those. Where the
+    /// endpoint does not implement `BatchCreateTasks`, each task goes with `CreateTask`
+    /// instead, within the pace `items` already reserved.
     pub(super) async fn create_batch<K>(
         &self,
         items: Vec<(K, Task)>,
         call: &BulkCall,
     ) -> Vec<Keyed<K>> {
+        if self.batch_create_tasks_unimplemented() {
+            return self.create_each(items, call).await;
+        }
         let deadline = Instant::now() + call.total;
         let mut done = Vec::with_capacity(items.len());
+        let mut unimplemented = Vec::new();
         let mut items = items;
         loop {
             let (keys, tasks): (Vec<K>, Vec<Task>) = items.into_iter().unzip();
@@ -149,15 +161,29 @@ impl CloudTasksClient {
                         again.push((key, *task));
                     }
                     Round::Exhausted(_, error) => done.push((key, Err(error))),
+                    Round::Unimplemented(task) => unimplemented.push((key, *task)),
                 }
             }
             if again.is_empty() {
-                return done;
+                break;
             }
             call.pacer.exhausted();
             call.pacer.acquire(again.len()).await;
             items = again;
         }
+        if !unimplemented.is_empty() {
+            if self.note_batch_create_unimplemented() {
+                tracing::warn!(
+                    endpoint = self.endpoint(),
+                    queue = self.queue_path(),
+                    "the endpoint does not implement BatchCreateTasks (UNIMPLEMENTED, as an \
+                     emulator without it answers): sending one CreateTask per task instead, at \
+                     the same pace and concurrency, for the rest of this client's life"
+                );
+            }
+            done.extend(self.create_each(unimplemented, call).await);
+        }
+        done
     }
 
     /// One `BatchCreateTasks` call, retried with its `request_id` and followed to its end.
@@ -191,6 +217,9 @@ impl CloudTasksClient {
         let request_id = request.request_id.clone();
         let started = Instant::now();
         let mut sends = 0_u32;
+        // The first failure of an attempt that may have created the tasks: UNIMPLEMENTED on a
+        // later attempt does not make them absent.
+        let may_have_created = std::sync::OnceLock::new();
         // The request_id makes a resent batch a no-op on Cloud Tasks, so the batch is retried
         // like a named task, with the same request (request_id included) each time; a resend
         // waits for its turn under the rate limit, and RESOURCE_EXHAUSTED slows it down.
@@ -199,27 +228,41 @@ impl CloudTasksClient {
                 sends += 1;
                 let resend = sends > 1;
                 let request = &request;
+                let may_have_created = &may_have_created;
                 async move {
                     if resend {
                         call.pacer.acquire(count).await;
                     }
                     let result = self.send_batch_once(request.clone(), attempt).await;
-                    if matches!(&result, Err(error) if error.code() == Some(Code::ResourceExhausted))
-                    {
-                        call.pacer.exhausted();
+                    if let Err(error) = &result {
+                        if error.code() == Some(Code::ResourceExhausted) {
+                            call.pacer.exhausted();
+                        }
+                        if error.task_may_exist() {
+                            may_have_created.set(error.clone()).ok();
+                        }
                     }
                     result
                 }
             })
             .await;
-        let operation = match sent.result {
-            Ok(operation) => self.wait_operation(operation, deadline, call).await,
-            Err(error) => Err(call.deadline_error(error)),
-        };
         let sent_tasks = request
             .requests
             .into_iter()
             .map(|r| r.task.unwrap_or_default());
+        let operation = match (sent.result, may_have_created.into_inner()) {
+            (Ok(operation), _) => self.wait_operation(operation, deadline, call).await,
+            // The server processed nothing, here and in every earlier attempt.
+            (Err(error), None) if error.is_unimplemented() => {
+                return sent_tasks
+                    .map(|task| Round::Unimplemented(Box::new(task)))
+                    .collect();
+            }
+            (Err(error), Some(earlier)) if error.is_unimplemented() => {
+                Err(call.deadline_error(earlier))
+            }
+            (Err(error), _) => Err(call.deadline_error(error)),
+        };
         let rounds = match operation {
             Ok(operation) => self.batch_outcomes(operation, sent_tasks.collect()),
             Err(error) => {
@@ -277,7 +320,8 @@ impl CloudTasksClient {
             Some(operation::Result::Error(status)) => (Vec::new(), Some(rpc_status(status))),
             None => (Vec::new(), None),
         };
-        let batch_error = batch_error.map(|status| self.status_error(status));
+        let batch_error =
+            batch_error.map(|status| self.status_error(status, Call::BatchCreateTasks));
         let mut created = CreatedTasks::new(created, &sent);
         sent.into_iter()
             .enumerate()
@@ -286,7 +330,7 @@ impl CloudTasksClient {
                     .ok()
                     .and_then(|index| failed.remove(&index));
                 if let Some(status) = failure {
-                    let error = self.status_error(rpc_status(status));
+                    let error = self.status_error(rpc_status(status), Call::BatchCreateTasks);
                     // As for a single task: ALREADY_EXISTS is an outcome for a named task.
                     return if error.is_already_exists() && !task.name.is_empty() {
                         Round::Done(Ok(Enqueued::AlreadyExists {
@@ -303,11 +347,14 @@ impl CloudTasksClient {
                 }
                 Round::Done(created.take(&task).map_or_else(
                     || {
-                        Err(self.status_error(tonic::Status::unknown(
-                            "BatchCreateTasks finished without reporting this task as failed, \
-                             but returned no created task with its name or content; the task \
-                             may or may not exist",
-                        )))
+                        Err(self.status_error(
+                            tonic::Status::unknown(
+                                "BatchCreateTasks finished without reporting this task as \
+                                 failed, but returned no created task with its name or \
+                                 content; the task may or may not exist",
+                            ),
+                            Call::BatchCreateTasks,
+                        ))
                     },
                     |created| Ok(Enqueued::created(created)),
                 ))

@@ -17,6 +17,8 @@ pub enum EnqueueMode {
     /// `BatchCreateTasks` with up to [`MAX_BATCH_SIZE`] tasks a call (the default).
     Batch,
     /// One `CreateTask` call per task, for servers or queues where batching is not wanted.
+    /// (Batch mode sends one `CreateTask` per task by itself where the endpoint does not
+    /// implement `BatchCreateTasks`.)
     PerTask,
 }
 
@@ -96,7 +98,8 @@ impl BatchOptions {
     /// [`DocumentTask::deduplicated`] does, so a document that was already enqueued within
     /// about an hour is reported as [`Enqueued::AlreadyExists`] instead of being enqueued twice.
     /// Applies to [`DocumentTask`]s, not to [`HttpTask`]s, which carry their own ID if they
-    /// want one.
+    /// want one. The de-duplication is Cloud Tasks' own: an endpoint that ignores task names
+    /// (some emulators do) creates the task again.
     pub const fn with_dedupe(mut self, dedupe: bool) -> Self {
         self.dedupe = dedupe;
         self

@@ -33,13 +33,17 @@ pub(crate) struct EnqueueBatchArgs {
     input: PathBuf,
     /// Name each task after its document, so a document enqueued within about the last hour is
     /// skipped ("already enqueued"): rerunning the same file after an interruption enqueues
-    /// only what is missing.
+    /// only what is missing. The de-duplication is Cloud Tasks' own: it holds only where the
+    /// endpoint implements it (some emulators create a second task with the same name; see
+    /// docs/LOCAL_DEVELOPMENT.md).
     #[arg(long)]
     dedupe: bool,
     /// Calls in flight at once (default 8 batches of 100, or 64 single calls with --per-task).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
     concurrency: Option<u16>,
-    /// One CreateTask call per document instead of BatchCreateTasks.
+    /// One CreateTask call per document instead of BatchCreateTasks (which the command also
+    /// falls back to, at the batch mode's concurrency, where the endpoint lacks
+    /// BatchCreateTasks).
     #[arg(long)]
     per_task: bool,
     /// Create at most N tasks per second: the ramp stops growing at N (and starts at N if N is
@@ -161,6 +165,8 @@ async fn enqueue_all(args: EnqueueBatchArgs) -> Result<u8, Error> {
         .with_call_options(CallOptions::new().with_total_timeout(args.timeout));
     let enqueuer = client.batch_enqueuer(options);
     let mut run = Run {
+        client,
+        said_one_per_call: false,
         counts: Counts::default(),
         in_flight: 0,
         rate_limit: enqueuer.current_rate(),
@@ -185,6 +191,9 @@ enum Stop {
 }
 
 struct Run {
+    client: CloudTasksClient,
+    /// Whether the switch to one CreateTask per document was announced.
+    said_one_per_call: bool,
     counts: Counts,
     /// Documents handed to the enqueuer whose outcome has not come back yet.
     in_flight: u64,
@@ -311,6 +320,15 @@ impl Run {
         }
         if let Some(progress) = &self.progress {
             progress.set_message(self.progress_message());
+        }
+        if !self.said_one_per_call && self.client.batch_create_tasks_unimplemented() {
+            self.said_one_per_call = true;
+            self.println_stderr(&format!(
+                "note: {} does not implement BatchCreateTasks (it answered UNIMPLEMENTED, as an \
+                 emulator without it does, and processed nothing): sending one CreateTask per \
+                 document instead, at the same pace and concurrency",
+                self.client.endpoint()
+            ));
         }
     }
 

@@ -39,6 +39,10 @@ enum Command {
     /// Enqueue every document of a JSON-lines file (or stdin) with BatchCreateTasks; print
     /// the failed ones as JSON lines on stdout and a summary on stderr.
     ///
+    /// Where the endpoint does not implement BatchCreateTasks (it answers UNIMPLEMENTED and
+    /// processes nothing, as some emulators do), the documents go one CreateTask per call
+    /// instead, at the same pace and concurrency; a line on stderr says so.
+    ///
     /// Pace: Cloud Tasks asks for at most 500 tasks/s to a cold queue, then at most 50% more
     /// every 5 minutes ("500/50/5"). This command follows that ramp by default, against an
     /// emulator (CLOUD_TASKS_EMULATOR_HOST) too: add --no-ramp there. --rate N caps the rate.
@@ -99,7 +103,9 @@ struct EnqueueArgs {
     #[arg(long)]
     json: bool,
     /// Name the task after the document, so enqueuing the same document again creates no
-    /// second task (and is reported as already enqueued, exit 0).
+    /// second task (and is reported as already enqueued, exit 0). The de-duplication is Cloud
+    /// Tasks' own: it holds only where the endpoint implements it (some emulators create a
+    /// second task with the same name; see docs/LOCAL_DEVELOPMENT.md).
     #[arg(long)]
     dedupe: bool,
     /// With --dedupe: a key that makes a deliberate re-run of the same document a new task.
