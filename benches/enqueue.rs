@@ -144,6 +144,33 @@ fn main() {
         Err(reason) => println!("skipped: {reason}"),
     }
 
+    println!(
+        "\n## First call of a new client through a proxy adding {} ms each way\n",
+        PROXY_ONE_WAY.as_millis()
+    );
+    let (raw_first, client_first) = multi_thread.block_on(first_calls(&server.host, sizes.rounds));
+    println!(
+        "| path | first call, connecting included (ms, median of {}) |\n|---|---:|",
+        sizes.rounds
+    );
+    println!(
+        "| raw tonic stub (`Endpoint::connect`, then CreateTask) | {:.1} |",
+        median(&raw_first)
+    );
+    println!(
+        "| CloudTasksClient (`build`, then CreateTask) | {:.1} |",
+        median(&client_first)
+    );
+    let ratios: Vec<f64> = client_first
+        .iter()
+        .zip(&raw_first)
+        .map(|(c, r)| c / r)
+        .collect();
+    println!(
+        "\nclient/raw first call {:.2} (median of the per-round ratios) [<= 1.25]",
+        median(&ratios)
+    );
+
     println!("\n## `cloud-tasks enqueue-batch` of {cli_docs} documents (release build)\n");
     println!(
         "peak RSS {:.1} MB [target < 50 MB]; {} (run first; ru_maxrss, which also covers this \
@@ -462,6 +489,99 @@ fn measured_calls<Fut: Future<Output = ()>>(
             call(index).await;
         }
     });
+}
+
+/// One-way delay the first-call proxy adds: 50 ms round trips, a client in one region calling a
+/// front end in another.
+const PROXY_ONE_WAY: Duration = Duration::from_millis(25);
+
+/// The first call of a new raw stub and of a new client, each on a new connection through a
+/// proxy adding [`PROXY_ONE_WAY`] each way, in milliseconds, `rounds` of each (order swapped
+/// every round): what a cold process pays before its first task is enqueued.
+async fn first_calls(host: &str, rounds: usize) -> (Vec<f64>, Vec<f64>) {
+    let proxy = delaying_proxy(host.to_owned()).await;
+    let (mut raw, mut client) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for path in if round % 2 == 0 {
+            ["raw", "client"]
+        } else {
+            ["client", "raw"]
+        } {
+            let started = Instant::now();
+            if path == "raw" {
+                let channel = Endpoint::from_shared(format!("http://{proxy}"))
+                    .unwrap()
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .unwrap();
+                raw_create_task(RawCloudTasksClient::new(channel)).await;
+                raw.push(started.elapsed().as_secs_f64() * 1e3);
+            } else {
+                let new_client = CloudTasksClient::builder()
+                    .with_project_id(PROJECT)
+                    .with_service_url(SERVICE_URL)
+                    .with_service_account_email(SERVICE_ACCOUNT)
+                    .with_emulator_host(&proxy)
+                    .build()
+                    .unwrap();
+                client_create_task(new_client, round).await;
+                client.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    (raw, client)
+}
+
+/// A TCP proxy to `upstream` that delivers every chunk [`PROXY_ONE_WAY`] after it was read, in
+/// both directions; its `host:port`.
+async fn delaying_proxy(upstream: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let outbound = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            inbound.set_nodelay(true).unwrap();
+            outbound.set_nodelay(true).unwrap();
+            let (inbound_read, inbound_write) = inbound.into_split();
+            let (outbound_read, outbound_write) = outbound.into_split();
+            tokio::spawn(delayed_copy(inbound_read, outbound_write));
+            tokio::spawn(delayed_copy(outbound_read, inbound_write));
+        }
+    });
+    host
+}
+
+async fn delayed_copy(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (chunks, mut delayed) = tokio::sync::mpsc::unbounded_channel::<(_, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((due, chunk)) = delayed.recv().await {
+            tokio::time::sleep_until(due).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut buffer = vec![0; 64 * 1024];
+    while let Ok(read @ 1..) = from.read(&mut buffer).await {
+        let due = tokio::time::Instant::now() + PROXY_ONE_WAY;
+        if chunks.send((due, buffer[..read].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(chunks);
+    writer.await.ok();
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// The median over rounds of `metric(a) / metric(b)`, each ratio from one round, where the two

@@ -34,14 +34,19 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections a client opens at most to its endpoint: each carries at most the server's
 /// stream limit (100 at Google) of concurrent calls; calls beyond wait for room.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 8;
-/// An idle connection is checked with an HTTP/2 PING after this long: the interval gRPC
-/// servers accept by default (more frequent PINGs on an idle connection are answered with
-/// GOAWAY "too_many_pings"). TCP keepalive finds most dead peers sooner.
-pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(300);
-/// How long a PING may go unanswered before its connection is closed: gRPC's default.
+/// A connection without calls is checked with an HTTP/2 PING after this long without a frame:
+/// the least gRPC servers (C-core, Go) accept by default on a connection without calls; more
+/// frequent PINGs there count as strikes, and past two strikes the server closes the
+/// connection with GOAWAY "too_many_pings". TCP keepalive finds dead idle peers sooner.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2 * 60 * 60);
+/// How long a connection with calls outstanding may receive nothing before it is closed (a
+/// PING goes out after half of it), and how long an idle PING may go unanswered: gRPC's
+/// default keepalive timeout. Also the connection's TCP_USER_TIMEOUT on Linux.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// TCP keepalive idle time and probe interval: the kernel closes a connection whose peer is
-/// gone about a minute after it fell silent, without anything the server sees.
+/// TCP keepalive idle time and probe interval. On Linux, with TCP_USER_TIMEOUT at the
+/// keepalive timeout, the kernel closes an idle connection whose peer is gone about 30 s after
+/// it fell silent (a probe after 15 s, unanswered past 20 s, checked at the next probe); the
+/// server sees none of this.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// Set per attempt from its deadline.
@@ -590,7 +595,8 @@ pub enum Enqueued {
         /// do not hold a million task bodies.
         task: Option<Box<Task>>,
     },
-    /// A task with this name exists or existed within about the last hour: enqueued by an
+    /// A task with this name exists, or ran or was deleted recently (its name stays taken for
+    /// about 1 hour, up to 24 hours; about 9 days for queue.yaml queues): enqueued by an
     /// earlier call, or by an earlier attempt of this call whose answer was lost.
     AlreadyExists {
         /// The task's full name.
@@ -783,23 +789,31 @@ impl ClientBuilder {
     }
 
     /// Connections opened at most (default 8, at least 1). A connection carries as many
-    /// concurrent calls as the server admits (100 at Google); the client opens another when
-    /// all are full, and closes an extra one after it has been idle for the keepalive interval.
+    /// concurrent calls as the server admits (100 at most, Google's limit); the client opens
+    /// another when all are full, and closes an extra one after 90 s without calls (never the
+    /// only healthy one).
     pub fn with_max_connections(mut self, connections: usize) -> Self {
         self.connection.max_connections = connections.max(1);
         self
     }
 
-    /// How long a connection may be idle before it is checked with an HTTP/2 PING (default
-    /// 5 minutes); `None` sends no keepalive PINGs. Servers answer PINGs more frequent than
-    /// they allow with GOAWAY, so lower it only for a server that permits it.
+    /// How long a connection without calls may go without a frame before it is checked with
+    /// an HTTP/2 PING (default 2 hours, the least gRPC servers accept by default without
+    /// calls); `None` sends none. A server answers PINGs more frequent than it permits with
+    /// GOAWAY "too_many_pings", so lower it only for a server that permits it (C-core:
+    /// `grpc.keepalive_permit_without_calls` and `grpc.http2.min_ping_interval_without_data_ms`;
+    /// Go: `EnforcementPolicy`).
     pub fn with_keepalive_interval(mut self, interval: Option<Duration>) -> Self {
         self.connection.keepalive_interval = interval;
         self
     }
 
-    /// How long a PING may go unanswered before the connection is closed (default 20 s). The
-    /// same check runs when a call is abandoned after waiting at least this long.
+    /// How long a connection with calls outstanding may receive nothing before it is closed
+    /// (default 20 s). After half of it a PING goes out, and the connection takes no new call
+    /// until the answer; the calls on a connection closed this way fail ("may exist": their
+    /// requests were written). At most one such PING until the server answers a call again,
+    /// or every 5 minutes, as gRPC servers permit. Also how long an idle PING may go
+    /// unanswered, and the TCP_USER_TIMEOUT of the connection's socket on Linux.
     pub fn with_keepalive_timeout(mut self, timeout: Duration) -> Self {
         self.connection.keepalive_timeout = timeout;
         self

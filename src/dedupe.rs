@@ -1,7 +1,8 @@
 //! Deterministic task IDs for de-duplicated enqueue.
 //!
-//! Cloud Tasks refuses a second task with the same name for about an hour after the first was
-//! created, deleted or executed. Deriving the name from the document makes a repeated enqueue of
+//! Cloud Tasks refuses a second task with the same name while the first exists and for about 1
+//! hour after it was deleted or executed (the API reference says it can take up to 24 hours;
+//! about 9 days for queues created with queue.yaml). Deriving the name from the document makes a repeated enqueue of
 //! the same document (a retry, a double click, a re-run backfill) create one task. The ID is a
 //! hash, because sequential or common-prefix task names raise Cloud Tasks' latency and error
 //! rates.

@@ -91,8 +91,9 @@ impl CloudTasksClient {
     /// again is safe.
     ///
     /// `false` also when an earlier attempt of this very call deleted the task and its answer
-    /// was lost. Cloud Tasks refuses a new task with the same name for about an hour after
-    /// the deletion; enqueue under a new key to process the document sooner.
+    /// was lost. Cloud Tasks refuses a new task with the same name for about 1 hour after the
+    /// deletion (up to 24 hours; about 9 days for queue.yaml queues); enqueue under a new key to
+    /// process the document sooner.
     ///
     /// # Errors
     /// As [`CloudTasksClient::document_task`].

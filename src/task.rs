@@ -241,7 +241,8 @@ impl DocumentTask {
 
     /// Names the task after the document, so that enqueuing the same document again (a retry,
     /// a double submit, a re-run backfill) creates no second task while Cloud Tasks remembers
-    /// the name (about an hour after the task ran).
+    /// the name: while the task exists, and for about 1 hour after it ran or was deleted (the
+    /// API reference says up to 24 hours; about 9 days for queue.yaml queues).
     #[must_use]
     pub fn deduplicated(mut self) -> Self {
         self.task_id = Some(document_task_id(self.payload.document_id, None));

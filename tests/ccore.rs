@@ -340,3 +340,38 @@ async fn enqueue_batch_deduplicated_batches_while_connections_are_retired() {
     assert_each_stored_once(&stored, &documents);
     assert_eq!(stored.already_exists, 5000, "{stored:?}");
 }
+
+/// C-core's default PING policy, its 5 minutes scaled down to 1 s through its own option: a
+/// PING less than 1 s after the previous one, with no HEADERS or DATA sent in between, is a
+/// strike, and past 2 strikes the server sends GOAWAY `too_many_pings` and closes the
+/// connection (failing the calls on it). Calls slower than half the keepalive timeout, in a
+/// row and after idle gaps, each get a liveness PING; none is a strike, so every call
+/// succeeds on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_pings_stay_within_the_default_ping_policy_of_c_core() {
+    let server = CCore::start(&["--min-ping-interval-ms", "1000", "--delay-ms", "1200"]).await;
+    let client = builder()
+        .with_emulator_host(server.host())
+        .with_keepalive_timeout(Duration::from_millis(400))
+        .with_attempt_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut documents = Vec::new();
+    for round in 0..5 {
+        let document = Uuid::new_v4();
+        if let Err(error) = client
+            .create_document_processing_task(document, "slow.pdf")
+            .await
+        {
+            panic!("call {round} failed: {error}");
+        }
+        documents.push(document);
+        if round % 2 == 1 {
+            // Idle: no PING is due on a connection without calls.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    let stored = server.stop().await;
+    assert_each_stored_once(&stored, &documents);
+    assert_eq!(stored.peers, 1, "the connection was closed: {stored:?}");
+}

@@ -199,16 +199,17 @@ async fn a_failed_call_exits_1_with_one_actionable_line() {
 }
 
 #[tokio::test]
-/// A server that accepts the connection and never answers: the client waits for its HTTP/2
-/// SETTINGS before sending anything, so the call ends at the deadline with nothing sent.
+/// A server that accepts the connection and never answers: the call ends at the deadline. The
+/// first call on a connection goes out with the connection preface (as tonic's channel sends
+/// it), so the server may have it: the error says the task may exist.
 async fn timeout_bounds_a_call_to_a_hung_server() {
     let (host, hold) = silent_server().await;
     let (output, elapsed) = enqueue_with_2s_timeout(host).await;
     assert_eq!(output.status.code(), Some(1));
     assert!(elapsed < std::time::Duration::from_secs(4), "{elapsed:?}");
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("could not be sent within 2s"), "{stderr}");
-    assert!(stderr.contains("nothing was sent"), "{stderr}");
+    assert!(stderr.contains("did not answer within 2s"), "{stderr}");
+    assert!(stderr.contains("may or may not exist"), "{stderr}");
     hold.abort();
 }
 

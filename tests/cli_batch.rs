@@ -9,7 +9,7 @@ use cloud_tasks::testing::{Fault, MockCloudTasks};
 use cloud_tasks::{Code, Uuid};
 use common::*;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 /// A fresh empty directory, so no `.env` from the repository leaks into the run.
 fn temp_dir() -> PathBuf {
@@ -88,31 +88,52 @@ async fn failures_are_listed_on_stdout_and_bad_lines_do_not_stop_the_rest() {
 
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(1), "{err}");
-    assert!(err.contains("line 3: skipped:"), "{err}");
     assert!(
         err.contains("204 created, 0 already enqueued, 3 failed"),
         "{err}"
     );
     let mut failed = stdout_lines(&output);
     failed.sort_by_key(|line| line["line"].as_u64());
-    assert_eq!(failed.len(), 2, "{failed:?}");
-    assert_eq!(failed[0]["document_id"], empty_name.to_string());
-    assert_eq!(failed[0]["line"], 11);
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert_eq!(failed[0]["line"], 3);
+    assert_eq!(failed[0]["document_id"], Value::Null);
+    assert_eq!(failed[0]["code"], Value::Null);
+    assert_eq!(failed[0]["may_exist"], false);
     assert!(
         failed[0]["error"]
             .as_str()
             .unwrap()
-            .contains("file name is empty")
+            .contains("line 3 skipped: not JSON")
     );
-    assert_eq!(failed[1]["document_id"], refused.to_string());
-    assert_eq!(failed[1]["filename"], "scan 150.pdf");
-    assert_eq!(failed[1]["line"], 153);
+    assert_eq!(failed[1]["document_id"], empty_name.to_string());
+    assert_eq!(failed[1]["line"], 11);
+    assert_eq!(failed[1]["code"], Value::Null, "rejected before sending");
+    assert_eq!(failed[1]["may_exist"], false);
     assert!(
         failed[1]["error"]
             .as_str()
             .unwrap()
+            .contains("file name is empty")
+    );
+    assert_eq!(failed[2]["document_id"], refused.to_string());
+    assert_eq!(failed[2]["filename"], "scan 150.pdf");
+    assert_eq!(failed[2]["line"], 153);
+    assert_eq!(failed[2]["code"], "PERMISSION_DENIED");
+    assert_eq!(failed[2]["may_exist"], false);
+    assert!(
+        failed[2]["error"]
+            .as_str()
+            .unwrap()
             .contains("permission denied")
     );
+    // Without --dedupe: only what created no task goes back in, and never with --dedupe.
+    assert!(
+        err.contains(
+            "jq -c 'select(.may_exist == false)' failed.jsonl | cloud-tasks enqueue-batch -"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("keep resuming without --dedupe"), "{err}");
 
     assert_eq!(server.tasks().len(), 204);
     let calls = server.batch_create_tasks_calls();
@@ -265,7 +286,20 @@ async fn ctrl_c_stops_reading_finishes_what_was_read_and_a_dedupe_rerun_complete
         err.contains("250 created, 0 already enqueued, 0 failed"),
         "{err}"
     );
-    assert!(err.contains("run the same command again"), "{err}");
+    assert!(
+        err.contains(
+            "interrupted by SIGINT (Ctrl-C): every document up to input line 250 is counted above"
+        ),
+        "{err}"
+    );
+    // Only the unread rest goes back in: a rerun of the whole file would rely on names staying
+    // taken, which lasts about an hour after a task ran.
+    assert!(
+        err.contains(
+            "to resume: tail -n +251 <this run's input> | cloud-tasks enqueue-batch --dedupe -"
+        ),
+        "{err}"
+    );
     assert_eq!(
         server.tasks().len(),
         250,
@@ -319,7 +353,10 @@ async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
     let mut stderr_lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let waiting = stderr_lines.next_line().await.unwrap().unwrap();
-    assert!(waiting.contains("Ctrl-C again"), "{waiting}");
+    assert!(
+        waiting.contains("a second Ctrl-C or SIGTERM stops now"),
+        "{waiting}"
+    );
     let started = std::time::Instant::now();
     // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
@@ -336,11 +373,35 @@ async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
     assert!(
         rest.contains(
-            "aborted: 100 documents read up to input line 100 got no answer and may or may not \
-             have been enqueued (those counted above are settled); rerun with --dedupe to \
-             enqueue only what is missing"
+            "aborted by a second signal (SIGINT (Ctrl-C)): the documents still in flight are \
+             listed on stdout with \"may_exist\": true"
         ),
         "{rest}"
+    );
+    assert!(
+        rest.contains("100 with \"may_exist\": true may have created their task"),
+        "{rest}"
+    );
+    assert!(rest.contains("keep resuming without --dedupe"), "{rest}");
+    let mut unanswered = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut unanswered)
+        .await
+        .unwrap();
+    let unanswered: Vec<Value> = String::from_utf8(unanswered)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(unanswered.len(), 100);
+    assert!(
+        unanswered
+            .iter()
+            .all(|line| line["may_exist"] == true && line["code"] == Value::Null),
+        "{unanswered:?}"
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -427,9 +488,348 @@ async fn the_run_follows_the_rate_and_the_help_shows_the_backfill_workflow() {
         "Ctrl-C",
         "--dedupe docs.jsonl",
         "cloud-tasks status --document-id",
+        "\"may_exist\"",
+        "SIGTERM",
+        "--stop-after",
+        "jq -c 'select(.may_exist == false)' failed.jsonl",
+        "never add --dedupe mid-way",
+        "about 1 hour",
+        "up to 24 hours",
+        "about 9 days for queue.yaml queues",
     ] {
         assert!(help.contains(needle), "{needle} missing from:\n{help}");
     }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Starts `enqueue-batch -` with `args`; its stdin stays open (the input stalls) until dropped.
+fn spawn_on_stdin(host: &str, dir: &Path, args: &[&str]) -> tokio::process::Child {
+    cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), host)
+        .current_dir(dir)
+        .args(["enqueue-batch", "-"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn send_signal(child: &tokio::process::Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// The next `count` failure records, as the running command writes them.
+async fn next_records(
+    stdout: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    count: usize,
+) -> Vec<Value> {
+    let mut records = Vec::new();
+    while records.len() < count {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(10), stdout.next_line())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {count} failure records reached stdout",
+                    records.len()
+                )
+            })
+            .unwrap()
+            .expect("stdout closed early");
+        records.push(serde_json::from_str(&line).unwrap());
+    }
+    records
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_like_ctrl_c_and_keeps_every_failure_already_decided() {
+    let server = MockCloudTasks::start().await.unwrap();
+    // Six calls: five refused at once, one answered after a while (still in flight at SIGTERM).
+    for _ in 0..5 {
+        server.push_fault(Fault::Reject(Code::PermissionDenied, "no actAs".into()));
+    }
+    server.push_fault(Fault::Delay(std::time::Duration::from_secs(2)));
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(6)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let mut child = spawn_on_stdin(&server.host(), &dir, &["--per-task"]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all((lines.join("\n") + "\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Written and flushed as decided, while the run goes on.
+    let refused = next_records(&mut stdout, 5).await;
+
+    send_signal(&child, libc::SIGTERM);
+    let output = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("SIGTERM ends the run once the call in flight is answered")
+        .unwrap();
+    drop(stdin);
+
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(143), "{err}");
+    assert!(
+        err.contains("1 created, 0 already enqueued, 5 failed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("interrupted by SIGTERM: every document up to input line 6 is counted above"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "to resume: { jq -c 'select(.may_exist == false)' failed.jsonl; tail -n +7 <this \
+             run's input>; } | cloud-tasks enqueue-batch - > failed-2.jsonl"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("with --dedupe"), "{err}");
+    assert_eq!(next_records(&mut stdout, 0).await.len(), 0);
+    assert!(
+        stdout.next_line().await.unwrap().is_none(),
+        "no more records"
+    );
+    for record in &refused {
+        assert_eq!(record["code"], "PERMISSION_DENIED", "{record}");
+        assert_eq!(record["may_exist"], false, "{record}");
+    }
+    assert_eq!(server.tasks().len(), 1, "the call in flight was waited for");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hard_kill_loses_no_failure_already_decided() {
+    let server = MockCloudTasks::start().await.unwrap();
+    for _ in 0..5 {
+        server.push_fault(Fault::Reject(Code::PermissionDenied, "no actAs".into()));
+    }
+    let dir = temp_dir();
+    let docs = documents(5);
+    let lines: Vec<String> = docs
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let mut child = spawn_on_stdin(&server.host(), &dir, &["--per-task"]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all((lines.join("\n") + "\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut records = next_records(&mut stdout, 5).await;
+
+    send_signal(&child, libc::SIGKILL);
+    let status = child.wait().await.unwrap();
+    drop(stdin);
+
+    assert_eq!(status.code(), None, "killed");
+    assert!(
+        stdout.next_line().await.unwrap().is_none(),
+        "nothing half written"
+    );
+    records.sort_by_key(|record| record["line"].as_u64());
+    for (record, (id, name)) in records.iter().zip(&docs) {
+        assert_eq!(record["document_id"], id.to_string());
+        assert_eq!(record["filename"], name.as_str());
+        assert_eq!(record["may_exist"], false);
+    }
+    assert!(server.tasks().is_empty());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_unreadable_line_is_a_failure_record_and_the_run_goes_on() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let docs = documents(3);
+    let mut input = b"\xEF\xBB\xBF".to_vec();
+    input.extend(document_line(docs[0].0, &docs[0].1).as_bytes());
+    input.extend(b"\n{\"document_id\": \"\xFF\", \"filename\": \"a.pdf\"}\n");
+    input.extend(std::iter::repeat_n(b'x', 1024 * 1024 + 1));
+    input.extend(b"\n{not json\n");
+    input.extend(b"{\"filename\": \"a.pdf\"}\n");
+    input.extend(b"{\"document_id\": \"not-a-uuid\", \"filename\": \"a.pdf\"}\n");
+    input.extend(b"[1, 2]\n");
+    input.extend(document_line(docs[1].0, &docs[1].1).as_bytes());
+    input.extend(b"\n\n");
+    // The last line has no newline.
+    input.extend(document_line(docs[2].0, &docs[2].1).as_bytes());
+    let path = dir.join("docs.jsonl");
+    std::fs::write(&path, input).unwrap();
+
+    let output = run(&server, &dir, &[path.to_str().unwrap()], None).await;
+
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("3 created, 0 already enqueued, 6 failed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("6 of them are input lines that hold no document"),
+        "{err}"
+    );
+    let mut failed = stdout_lines(&output);
+    failed.sort_by_key(|line| line["line"].as_u64());
+    let expected = [
+        (2, Value::Null, "not valid UTF-8 (at byte 18)"),
+        (3, Value::Null, "longer than the limit of 1 MiB"),
+        (
+            4,
+            Value::Null,
+            "not JSON (key must be a string at column 2)",
+        ),
+        (5, Value::Null, "\"document_id\" is missing"),
+        (
+            6,
+            "not-a-uuid".into(),
+            "\"document_id\" \"not-a-uuid\" is not a UUID",
+        ),
+        (7, Value::Null, "not a JSON object"),
+    ];
+    assert_eq!(failed.len(), expected.len(), "{failed:?}");
+    for (record, (line, document_id, problem)) in failed.iter().zip(expected) {
+        assert_eq!(record["line"], line, "{record}");
+        assert_eq!(record["document_id"], document_id, "{record}");
+        assert_eq!(record["code"], Value::Null, "{record}");
+        assert_eq!(record["may_exist"], false, "{record}");
+        let error = record["error"].as_str().unwrap();
+        assert!(error.contains(&format!("line {line} skipped: ")), "{error}");
+        assert!(error.contains(problem), "{error}");
+    }
+    let mut stored: Vec<String> = server
+        .tasks()
+        .iter()
+        .map(|task| match &task.message_type {
+            Some(cloud_tasks::proto::MessageType::HttpRequest(http)) => {
+                String::from_utf8(http.body.clone()).unwrap()
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    stored.sort();
+    let mut expected: Vec<String> = docs.iter().map(|(id, _)| id.to_string()).collect();
+    expected.sort();
+    assert_eq!(stored.len(), 3);
+    for id in expected {
+        assert!(
+            stored.iter().any(|body| body.contains(&id)),
+            "{id} (the line after the BOM too) is stored"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_keep_failing_before_sending_stop_the_run_early() {
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(300)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let input = write_input(&dir, "docs.jsonl", &lines);
+    // Nothing listens on this port: every call fails before sending, with the same cause.
+    let output = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &unused_host())
+        .current_dir(&dir)
+        .args(["enqueue-batch", input.to_str().unwrap()])
+        .args([
+            "--concurrency",
+            "1",
+            "--timeout",
+            "1s",
+            "--stop-after",
+            "500ms",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    // One batch of 100 failed; the other 200 documents were never read.
+    assert!(
+        err.contains("0 created, 0 already enqueued, 100 failed"),
+        "{err}"
+    );
+    assert!(
+        err.contains("stopped early: every call answered in the last "),
+        "{err}"
+    );
+    assert!(
+        err.contains("failed before anything was sent, with the same cause: "),
+        "{err}"
+    );
+    assert!(
+        err.contains("every document up to input line 100 is counted above; the rest of the input was not read"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "to resume: {{ jq -c 'select(.may_exist == false)' failed.jsonl; tail -n +101 {}; }}",
+            input.display()
+        )),
+        "{err}"
+    );
+    let failed = stdout_lines(&output);
+    assert_eq!(failed.len(), 100);
+    assert!(
+        failed.iter().all(|line| line["may_exist"] == false),
+        "{failed:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_stops_the_run() {
+    let server = MockCloudTasks::start().await.unwrap();
+    // The first batch is refused: its failure lines cannot be written.
+    server.push_fault(Fault::Reject(Code::PermissionDenied, "no actAs".into()));
+    let dir = temp_dir();
+    let lines: Vec<String> = documents(300)
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let input = write_input(&dir, "docs.jsonl", &lines);
+    let mut child = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
+        .current_dir(&dir)
+        .args([
+            "enqueue-batch",
+            input.to_str().unwrap(),
+            "--concurrency",
+            "1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+
+    let output = child.wait_with_output().await.unwrap();
+
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: cannot write the failed documents to stdout"),
+        "{err}"
+    );
+    assert!(
+        err.contains("those after stdout broke were not written"),
+        "{err}"
+    );
+    // Reading stopped after the first batch, whose failures could not be recorded.
+    assert_eq!(server.batch_create_tasks_calls().len(), 1);
+    assert!(server.tasks().is_empty());
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -86,15 +86,31 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
     /// Sends what is queued and waits for every call in flight; returns the remaining
     /// outcomes, each with its key.
     pub async fn finish(mut self) -> Vec<(K, Result<Enqueued, Error>)> {
+        let mut done = self.flush().await;
+        while let Some(finished) = self.next_finished().await {
+            done.extend(finished);
+        }
+        done
+    }
+
+    /// Sends the tasks queued for a batch that is not full yet, first waiting while
+    /// `concurrency` calls are in flight; returns the outcomes of calls that finished meanwhile.
+    pub async fn flush(&mut self) -> Vec<(K, Result<Enqueued, Error>)> {
         let mut done = Vec::new();
         if !self.pending.is_empty() {
             self.send_pending(&mut done).await;
         }
-        while let Some(joined) = self.in_flight.join_next().await {
-            done.extend(unwrap_joined(joined));
-        }
         telemetry::task_outcomes(self.client.server(), &done);
         done
+    }
+
+    /// Waits for a call in flight to finish and returns its tasks' outcomes; `None` when no call
+    /// is in flight. Cancel safe, so a caller can wait for it beside other events (more input, a
+    /// signal) and handle each outcome when it is decided rather than at the next push.
+    pub async fn next_finished(&mut self) -> Option<Vec<(K, Result<Enqueued, Error>)>> {
+        let finished = self.in_flight.join_next().await.map(unwrap_joined)?;
+        telemetry::task_outcomes(self.client.server(), &finished);
+        Some(finished)
     }
 
     /// Calls in flight right now, including those waiting for their turn under the rate

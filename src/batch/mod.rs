@@ -13,7 +13,8 @@
 //!   caller keeps reading its input.
 //! - Push-based ([`BatchEnqueuer::push`] returns what finished meanwhile) rather than a stream
 //!   adapter, so a caller reading a file line by line holds at most `concurrency` batches, and
-//!   needs neither `futures` nor a callback.
+//!   needs neither `futures` nor a callback. A caller that must see outcomes while its input
+//!   stalls waits for [`BatchEnqueuer::next_finished`] beside its read (`enqueue-batch` does).
 //! - Each task is validated locally first (`HttpTask::into_proto`), so one bad task fails alone
 //!   instead of making Cloud Tasks reject its whole batch.
 //! - Tasks of a batch that failed as a whole each get a clone of its error (`Error` is cheap to

@@ -95,8 +95,9 @@ impl BatchOptions {
     }
 
     /// Names each unnamed document's task after the document, as
-    /// [`DocumentTask::deduplicated`] does, so a document that was already enqueued within
-    /// about an hour is reported as [`Enqueued::AlreadyExists`] instead of being enqueued twice.
+    /// [`DocumentTask::deduplicated`] does, so a document whose task exists, or ran within
+    /// about 1 hour (see there), is reported as [`Enqueued::AlreadyExists`] instead of being
+    /// enqueued twice.
     /// Applies to [`DocumentTask`]s, not to [`HttpTask`]s, which carry their own ID if they
     /// want one. The de-duplication is Cloud Tasks' own: an endpoint that ignores task names
     /// (some emulators do) creates the task again.

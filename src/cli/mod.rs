@@ -6,6 +6,7 @@ mod documents;
 #[cfg(feature = "demo")]
 mod emulator;
 mod enqueue_batch;
+mod lines;
 mod output;
 mod trace;
 
@@ -52,19 +53,38 @@ enum Command {
     /// quota are sent again in batch mode (no duplicates: a batch is resent with its
     /// request_id, and tasks the batch reports failed were not created).
     ///
+    /// Each failure is one JSON line on stdout, written as soon as it is decided:
+    ///   {"document_id", "filename", "line", "code", "may_exist", "error"}
+    /// "code" is the gRPC code's name (null if no status came back: a line that holds no
+    /// document, an invalid task, a deadline or credentials problem on this side); "may_exist"
+    /// is true if the task may have been created anyway, false if it certainly was not.
+    /// A line that cannot be read (not UTF-8, over 1 MiB, not JSON, a field missing, a bad
+    /// UUID) is such a failure too, and the run goes on.
+    ///
     /// A backfill, end to end:
     ///
     ///   1. cloud-tasks enqueue-batch --dry-run docs.jsonl
     ///      counts the documents and prints the time the ramp needs; sends nothing
     ///   2. cloud-tasks enqueue-batch --dedupe docs.jsonl > failed.jsonl
     ///      the progress line shows the achieved rate and the current limit
-    ///   3. Ctrl-C stops reading and waits for the calls in flight (exit 130); a second
-    ///      Ctrl-C stops at once (their outcome is then unknown)
-    ///   4. cloud-tasks enqueue-batch --dedupe docs.jsonl > failed.jsonl
-    ///      resumes: documents enqueued within about the last hour are reported as already
-    ///      enqueued, only the missing ones are created
+    ///   3. Ctrl-C or SIGTERM stops reading and waits for the calls in flight (exit 130, or
+    ///      143 for SIGTERM); a second one stops at once: the documents still in flight are
+    ///      listed with "may_exist": true
+    ///   4. { cat failed.jsonl; tail -n +N docs.jsonl; } | cloud-tasks enqueue-batch --dedupe -
+    ///      resumes as the summary prints it: the failures, and the input after the last
+    ///      line read (N - 1); a task that exists is reported as already enqueued. Without --dedupe, send
+    ///      only the failures with "may_exist": false, which created no task:
+    ///      jq -c 'select(.may_exist == false)' failed.jsonl
+    ///      and never add --dedupe mid-way: tasks created without it have no name to match.
+    ///      Running the whole file again with --dedupe recognises a document whose task ran
+    ///      only while its name stays taken: about 1 hour after the task ran or was deleted
+    ///      (the API reference says up to 24 hours; about 9 days for queue.yaml queues)
     ///   5. cloud-tasks status --document-id <uuid>
     ///      one document's task: scheduled, dispatched, or done (absent)
+    ///
+    /// When every call for --stop-after (30s) failed before sending with the same cause (a
+    /// wrong port, no network, no credentials), the run stops reading, waits for the calls
+    /// in flight, says so, and exits 1.
     #[command(verbatim_doc_comment)]
     EnqueueBatch(enqueue_batch::EnqueueBatchArgs),
     /// Show a de-duplicated document's task: schedule time, dispatches, first and last attempt.
@@ -76,8 +96,9 @@ enum Command {
     /// Cancel a de-duplicated document's task (DeleteTask); no task to cancel is not an error.
     ///
     /// Exit 0 whether a task was deleted or there was none. Cloud Tasks refuses the task's name
-    /// for about an hour after the deletion: to process the document sooner, enqueue it with a
-    /// new --dedupe-key.
+    /// for about 1 hour after the deletion (the API reference says up to 24 hours; about 9 days
+    /// for queue.yaml queues): to process the document sooner, enqueue it with a new
+    /// --dedupe-key.
     Cancel(documents::CancelArgs),
     /// Dispatch a de-duplicated document's task now (RunTask), to re-drive a stuck document.
     ///

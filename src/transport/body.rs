@@ -15,7 +15,7 @@ use super::pool::Slot;
 pub(crate) struct ResponseBody {
     pub(super) body: h2::RecvStream,
     pub(super) data_done: bool,
-    pub(super) _slot: Option<Slot>,
+    pub(super) _slot: Slot,
 }
 
 impl http_body::Body for ResponseBody {

@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tonic::codegen::Service;
@@ -32,18 +32,37 @@ use super::pool::Pool;
 const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
-/// Streams allowed on a connection whose peer announces no limit: Google's front ends admit
-/// 100, and h2 would otherwise assume no limit.
-const INITIAL_STREAM_LIMIT: usize = 100;
+/// Streams a connection carries at most: Google's front ends admit 100, and h2 assumes no limit
+/// when the peer announces none.
+const STREAM_LIMIT: usize = 100;
+
+/// Streams opened before the server's SETTINGS arrive: the first call goes out with the
+/// connection preface, as tonic's channel sends it, instead of waiting for the server's first
+/// frame; the others wait, so that a burst never exceeds a limit not yet known (C-core refuses
+/// such a burst, some streams with ENHANCE_YOUR_CALM, which does not say they were not
+/// processed).
+const STREAMS_BEFORE_SETTINGS: usize = 1;
+
+/// gRPC servers' default minimum between two PINGs while calls are open, unless the server
+/// sent HEADERS or DATA in between (C-core's `grpc.http2.min_ping_interval_without_data_ms`,
+/// Go's `MinTime`).
+const SERVER_PING_INTERVAL_WITH_CALLS: Duration = Duration::from_secs(5 * 60);
+
+/// An idle connection is closed after this long if the pool has another healthy one, as
+/// hyper's pool closes idle connections after 90 s.
+const IDLE_EXTRA: Duration = Duration::from_secs(90);
 
 /// How the connections are made and kept; set on `ClientBuilder`.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionOptions {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_connections: usize,
-    /// An idle connection gets a PING after this long; `None` sends none.
+    /// A connection without calls gets a PING after this long without a frame; `None` sends
+    /// none.
     pub(crate) keepalive_interval: Option<Duration>,
-    /// How long a PING may go unanswered before the connection is closed.
+    /// How long a connection with calls outstanding may receive nothing before it is closed
+    /// (a PING goes out after half of it), and how long an idle PING may go unanswered. Also
+    /// TCP_USER_TIMEOUT, where the system has it.
     pub(crate) keepalive_timeout: Duration,
     pub(crate) tcp_keepalive: Option<Duration>,
     /// Addresses to connect to instead of resolving the endpoint's host.
@@ -147,6 +166,10 @@ impl Dialer {
         connector.set_nodelay(true);
         connector.set_keepalive(options.tcp_keepalive);
         connector.set_keepalive_interval(options.tcp_keepalive);
+        // Data the peer does not acknowledge for this long closes the connection: TCP keepalive
+        // does not probe while data is unacknowledged, and an HTTP/2 PING is itself such data.
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        connector.set_tcp_user_timeout(Some(options.keepalive_timeout));
         // Every address is tried: the other family after 300 ms (Happy Eyeballs), and
         // addresses of one family in turn, each with its share of the connect timeout.
         connector.set_connect_timeout(Some(options.connect_timeout));
@@ -160,7 +183,10 @@ impl Dialer {
         })
     }
 
-    pub(super) async fn connect(&self) -> Result<Established, BoxError> {
+    /// Dials the endpoint and starts HTTP/2 on it; waiting calls are woken through
+    /// `pool_changed` once it runs.
+    pub(super) async fn connect(&self, pool_changed: Arc<Notify>) -> Result<Established, BoxError> {
+        let state = Arc::new(ConnectionState::new(pool_changed));
         let tcp = self
             .connector
             .clone()
@@ -168,7 +194,7 @@ impl Dialer {
             .await?
             .into_inner();
         let Some(tls) = &self.tls else {
-            return handshake(Box::new(tcp)).await;
+            return handshake(Box::new(tcp), state).await;
         };
         let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
         let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
@@ -185,7 +211,7 @@ impl Dialer {
             )
             .into());
         }
-        handshake(Box::new(stream)).await
+        handshake(Box::new(stream), state).await
     }
 }
 
@@ -260,93 +286,313 @@ impl Service<Name> for Resolver {
     }
 }
 
+/// What calls, the pool and the connection's task share about one connection. The task keeps
+/// `stream_limit` and `open` up to date from what h2 read; calls keep `in_flight` and the
+/// times of their start and end; the byte stream under h2 keeps `last_received`.
 pub(super) struct ConnectionState {
+    opened: Instant,
+    /// Calls holding a slot on this connection.
     pub(super) in_flight: AtomicUsize,
-    /// When a call last ended, in milliseconds since `opened`.
-    pub(super) last_used_ms: AtomicU64,
-    pub(super) opened: Instant,
-    /// Asks the connection's task to check the connection with a PING now.
-    pub(super) check: Notify,
+    /// Streams the peer admits, at most [`STREAM_LIMIT`].
+    stream_limit: AtomicUsize,
+    /// The server's first frame (its SETTINGS) arrived: its stream limit is known.
+    settled: AtomicBool,
+    /// Takes new streams: no GOAWAY received, not closed.
+    open: AtomicBool,
+    /// A PING is out and unanswered: the connection may be dead, so it takes no new call.
+    probing: AtomicBool,
+    /// When the last byte arrived from the peer.
+    last_received: Stamp,
+    /// When the last answer's headers arrived: the server sent HEADERS since, which resets the
+    /// PING strikes gRPC servers count.
+    last_answered: Stamp,
+    /// When the connection last went from no call to one.
+    busy_since: Stamp,
+    /// When the connection last went from calls to none.
+    idle_since: Stamp,
     pub(super) pool_changed: Arc<Notify>,
 }
 
+/// An instant after the connection opened, in an atomic: milliseconds since then, plus one
+/// (0: never).
+struct Stamp(AtomicU64);
+
+impl ConnectionState {
+    pub(super) fn new(pool_changed: Arc<Notify>) -> Self {
+        let never = || Stamp(AtomicU64::new(0));
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            stream_limit: AtomicUsize::new(STREAMS_BEFORE_SETTINGS),
+            settled: AtomicBool::new(false),
+            open: AtomicBool::new(true),
+            probing: AtomicBool::new(false),
+            last_received: never(),
+            last_answered: never(),
+            busy_since: never(),
+            idle_since: never(),
+            pool_changed,
+        }
+    }
+
+    /// Streams a new call may still open here: none once closed, after GOAWAY, or while a PING
+    /// is unanswered.
+    pub(super) fn room(&self) -> usize {
+        if !self.takes_new_streams() || self.probing.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.stream_limit
+            .load(Ordering::Acquire)
+            .saturating_sub(self.in_flight.load(Ordering::Acquire))
+    }
+
+    /// Whether the server's SETTINGS arrived; until then the connection has room for one call,
+    /// and the pool waits for them rather than open another connection.
+    pub(super) fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    pub(super) fn takes_new_streams(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Neither closing nor in doubt: a connection the pool can count on.
+    pub(super) fn is_healthy(&self) -> bool {
+        self.takes_new_streams() && !self.probing.load(Ordering::Acquire)
+    }
+
+    /// Whether an answer ever arrived here: a connection retired before one was refused at
+    /// once, as a failed attempt is.
+    pub(super) fn ever_answered(&self) -> bool {
+        self.last_answered.get(self.opened).is_some()
+    }
+
+    /// A call takes room here (the pool holds its lock).
+    pub(super) fn call_started(&self) {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.busy_since.set(self.opened);
+        }
+    }
+
+    pub(super) fn call_ended(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle_since.set(self.opened);
+        }
+    }
+
+    pub(super) fn answered(&self) {
+        self.last_answered.set(self.opened);
+    }
+
+    fn received(&self) {
+        self.last_received.set(self.opened);
+    }
+
+    fn last_received(&self) -> Instant {
+        self.last_received.get(self.opened).unwrap_or(self.opened)
+    }
+
+    /// Takes no new stream from now on; whether it took them until now.
+    pub(super) fn retire(&self) -> bool {
+        self.open.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Stamp {
+    fn set(&self, opened: Instant) {
+        let elapsed = u64::try_from(opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.0.store(elapsed + 1, Ordering::Release);
+    }
+
+    fn get(&self, opened: Instant) -> Option<Instant> {
+        match self.0.load(Ordering::Acquire) {
+            0 => None,
+            stamp => Some(opened + Duration::from_millis(stamp - 1)),
+        }
+    }
+}
+
+/// The byte stream under h2: TCP, or TLS over TCP.
 trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
-type Connection = h2::client::Connection<Box<dyn Io>, Bytes>;
+/// The byte stream h2 reads, noting when bytes arrive: any frame proves the peer alive.
+struct Watched {
+    io: Box<dyn Io>,
+    state: Arc<ConnectionState>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.received();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+type Connection = h2::client::Connection<Watched, Bytes>;
+
+/// A connection whose HTTP/2 handshake has started: the handle calls are sent on, the
+/// connection to drive, its PING handle and its state.
+pub(super) struct Established {
+    sender: SendRequest<Bytes>,
+    connection: Connection,
+    pings: PingPong,
+    state: Arc<ConnectionState>,
+}
 
 impl Established {
     /// Spawns the connection's task; the handle calls are sent on, and the state the pool
     /// reads.
     pub(super) fn drive(self, pool: &Arc<Pool>) -> (SendRequest<Bytes>, Arc<ConnectionState>) {
-        let state = Arc::new(ConnectionState {
-            in_flight: AtomicUsize::new(0),
-            last_used_ms: AtomicU64::new(0),
-            opened: Instant::now(),
-            check: Notify::new(),
-            pool_changed: Arc::clone(&pool.changed),
-        });
-        tokio::spawn(drive(
-            self.connection,
-            self.pings,
-            Arc::clone(&state),
-            Arc::downgrade(pool),
-            pool.dialer.options.clone(),
-        ));
-        (self.sender, state)
+        let driven = Driven {
+            connection: self.connection,
+            sender: self.sender.clone(),
+            state: Arc::clone(&self.state),
+            limit_seen: STREAMS_BEFORE_SETTINGS,
+            pool: Arc::downgrade(pool),
+        };
+        let keepalive = Keepalive::new(Arc::clone(&self.state), &pool.dialer.options);
+        tokio::spawn(drive(driven, self.pings, keepalive, Arc::downgrade(pool)));
+        (self.sender, self.state)
     }
 }
 
-/// A connection whose HTTP/2 handshake is done: the handle calls are sent on, the connection
-/// to drive, and its PING handle.
-pub(super) struct Established {
-    sender: SendRequest<Bytes>,
-    connection: Connection,
-    pings: PingPong,
-}
-
-/// Starts HTTP/2 on `io` and waits for the server's SETTINGS, as gRPC's clients wait for the
-/// server's preface: the answer to a PING comes after them, so calls see the server's stream
-/// limit from the first one (a burst above it is refused, by C-core even with
-/// ENHANCE_YOUR_CALM, which does not say the call was not processed).
-async fn handshake(io: Box<dyn Io>) -> Result<Established, BoxError> {
+/// Starts HTTP/2 on `io`. Nothing is awaited from the server: the first call goes out with the
+/// connection preface, as HTTP/2 allows and as tonic's channel does, and the others wait for
+/// the server's SETTINGS (see [`STREAMS_BEFORE_SETTINGS`]).
+async fn handshake(io: Box<dyn Io>, state: Arc<ConnectionState>) -> Result<Established, BoxError> {
+    let io = Watched {
+        io,
+        state: Arc::clone(&state),
+    };
     let (sender, mut connection) = h2::client::Builder::new()
         .enable_push(false)
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
-        .initial_max_send_streams(INITIAL_STREAM_LIMIT)
+        .initial_max_send_streams(STREAMS_BEFORE_SETTINGS)
         .handshake(io)
         .await?;
-    let Some(mut pings) = connection.ping_pong() else {
+    let Some(pings) = connection.ping_pong() else {
         unreachable!("a new connection's PING handle is taken once, here")
-    };
-    tokio::select! {
-        closed = &mut connection => return Err(match closed {
-            Err(error) => error.into(),
-            Ok(()) => "the server closed the connection during the HTTP/2 handshake".into(),
-        }),
-        pong = pings.ping(Ping::opaque()) => pong?,
     };
     Ok(Established {
         sender,
         connection,
         pings,
+        state,
     })
 }
 
-/// Drives one connection until it closes, checking it with PINGs: when idle for the keepalive
-/// interval, and when a call asks (it was abandoned after waiting long). No answer within the
-/// keepalive timeout closes it, which fails its calls at once. An extra connection of the pool
-/// that is idle for the keepalive interval is closed instead of checked.
-async fn drive(
+/// The connection, polled so that what h2 read (the peer's SETTINGS, a GOAWAY, the end) is
+/// passed on to the pool right after it was read.
+struct Driven {
     connection: Connection,
-    mut pings: PingPong,
+    /// A clone never used to send: it only tells whether the connection takes new streams.
+    sender: SendRequest<Bytes>,
     state: Arc<ConnectionState>,
+    limit_seen: usize,
     pool: Weak<Pool>,
-    options: ConnectionOptions,
-) {
-    let mut connection = std::pin::pin!(connection);
+}
+
+impl Future for Driven {
+    type Output = Result<(), h2::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let result = Pin::new(&mut self.connection).poll(cx);
+        self.observe();
+        result
+    }
+}
+
+impl Driven {
+    fn observe(&mut self) {
+        let limit = self.sender.current_max_send_streams().min(STREAM_LIMIT);
+        let mut room_appeared = false;
+        if limit != self.limit_seen {
+            self.state.stream_limit.store(limit, Ordering::Release);
+            room_appeared = limit > self.limit_seen;
+            self.limit_seen = limit;
+        }
+        // The server's first frame is its SETTINGS, and h2 applies them in the poll that read
+        // them.
+        if !self.state.is_settled() && self.state.last_received.get(self.state.opened).is_some() {
+            self.state.settled.store(true, Ordering::Release);
+            room_appeared = true;
+        }
+        if room_appeared {
+            self.state.pool_changed.notify_waiters();
+        }
+        // A clone with no stream pending: this only checks the connection (GOAWAY, closed,
+        // stream IDs used up).
+        let noop = &mut Context::from_waker(std::task::Waker::noop());
+        if self.state.takes_new_streams()
+            && !matches!(self.sender.poll_ready(noop), Poll::Ready(Ok(())))
+        {
+            tracing::debug!("HTTP/2 connection to Cloud Tasks retired (GOAWAY or closed)");
+            self.retire();
+        }
+    }
+
+    fn retire(&self) {
+        if self.state.retire()
+            && let Some(pool) = self.pool.upgrade()
+        {
+            pool.retired(&self.state);
+        }
+    }
+}
+
+impl Drop for Driven {
+    /// However the task ends (closed, dead, retired, or its runtime shut down), the pool stops
+    /// counting on the connection, and waiting calls look again.
+    fn drop(&mut self) {
+        self.retire();
+    }
+}
+
+/// Drives one connection until it closes, is found dead, or is retired as an idle extra.
+async fn drive(driven: Driven, mut pings: PingPong, mut keepalive: Keepalive, pool: Weak<Pool>) {
+    let state = Arc::clone(&driven.state);
+    let mut connection = std::pin::pin!(driven);
     loop {
         tokio::select! {
             result = &mut connection => {
@@ -355,74 +601,165 @@ async fn drive(
                 }
                 break;
             }
-            decision = check_when_due(&state, &mut pings, &pool, &options) => match decision {
-                Health::Alive => {}
-                Health::Dead => {
+            pong = std::future::poll_fn(|cx| pings.poll_pong(cx)), if keepalive.probe.is_some() => {
+                // An error is the connection's, which its own branch reports.
+                if pong.is_ok() {
+                    keepalive.answered();
+                }
+            }
+            due = std::future::poll_fn(|cx| keepalive.poll_due(cx)) => match due {
+                Due::Ping(deadline) => {
+                    if pings.send_ping(Ping::opaque()).is_ok() {
+                        keepalive.sent(deadline);
+                    }
+                }
+                Due::Dead if !state.is_settled() => {
                     tracing::warn!(
-                        timeout = ?options.keepalive_timeout,
+                        timeout = ?keepalive.settings_timeout,
+                        "the server sent no HTTP/2 SETTINGS within the connect timeout; closing \
+                         the connection"
+                    );
+                    break;
+                }
+                Due::Dead => {
+                    tracing::warn!(
+                        timeout = ?keepalive.timeout,
                         "the connection to Cloud Tasks did not answer a PING; closing it, the \
                          next call connects again"
                     );
-                    if let Some(pool) = pool.upgrade() {
-                        pool.remove(&state);
-                    }
                     break;
                 }
-                Health::Retired => break,
+                Due::Idle => {
+                    if pool.upgrade().is_some_and(|pool| pool.retire_if_extra(&state)) {
+                        break;
+                    }
+                    keepalive.kept_idle();
+                }
             },
         }
     }
-    // Dropping the connection fails the calls still on it; waiting calls look again.
-    state.pool_changed.notify_waiters();
+    // Dropping the connection fails the calls still on it; dropping `Driven` takes it out of
+    // the pool, which wakes the waiting calls.
 }
 
-enum Health {
-    Alive,
+/// When to PING, and when a connection is dead or idle for too long.
+///
+/// gRPC servers (C-core, Go) count a PING as a strike when it comes less than 5 minutes after
+/// the previous one without the server having sent HEADERS or DATA since, or, with no call
+/// open, less than 2 hours after it; past 2 strikes they close the connection with GOAWAY
+/// `too_many_pings`. So:
+/// - with calls outstanding and nothing received for half the keepalive timeout, one PING,
+///   and the next only after an answer's headers arrived or 5 minutes passed: at most one
+///   strike, reset by the server's next answer;
+/// - with no call, a PING only after the keepalive interval (2 hours by default), and an
+///   extra connection idle for [`IDLE_EXTRA`] is closed instead.
+struct Keepalive {
+    state: Arc<ConnectionState>,
+    timeout: Duration,
+    interval: Option<Duration>,
+    /// How long the server's SETTINGS may take: the connect timeout.
+    settings_timeout: Duration,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// The PING out: when it must be answered by.
+    probe: Option<Instant>,
+    last_ping: Option<Instant>,
+    /// An idle check found the pool needs this connection; the next one is due this much later.
+    next_idle_check: Option<Instant>,
+}
+
+enum Due {
+    /// Send a PING, to be answered by this instant.
+    Ping(Instant),
     Dead,
-    /// An idle extra connection, taken out of the pool.
-    Retired,
+    Idle,
 }
 
-async fn check_when_due(
-    state: &Arc<ConnectionState>,
-    pings: &mut PingPong,
-    pool: &Weak<Pool>,
-    options: &ConnectionOptions,
-) -> Health {
-    let idle_check = async {
-        let Some(interval) = options.keepalive_interval else {
-            return std::future::pending().await;
-        };
-        // Calls that end push the check back; one that hangs does not.
-        while state.last_used() + interval > Instant::now() {
-            tokio::time::sleep_until(state.last_used() + interval).await;
+impl Keepalive {
+    fn new(state: Arc<ConnectionState>, options: &ConnectionOptions) -> Self {
+        Self {
+            state,
+            timeout: options.keepalive_timeout,
+            interval: options.keepalive_interval,
+            settings_timeout: options.connect_timeout,
+            sleep: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            probe: None,
+            last_ping: None,
+            next_idle_check: None,
         }
-    };
-    tokio::select! {
-        () = idle_check => {
-            if pool.upgrade().is_some_and(|pool| pool.retire_if_extra(state)) {
-                return Health::Retired;
+    }
+
+    /// The next thing due, and when. Read at every wake-up of the task, so that a call on an
+    /// idle connection brings the liveness check forward.
+    fn next(&self) -> (Instant, Due) {
+        let state = &self.state;
+        if let Some(deadline) = self.probe {
+            return (deadline, Due::Dead);
+        }
+        if !state.is_settled() {
+            return (state.opened + self.settings_timeout, Due::Dead);
+        }
+        if state.in_flight.load(Ordering::Acquire) > 0 {
+            let silent_since = state
+                .last_received()
+                .max(state.busy_since.get(state.opened).unwrap_or(state.opened));
+            let mut at = silent_since + self.timeout / 2;
+            if let Some(last_ping) = self.last_ping
+                && state.last_answered.get(state.opened) <= Some(last_ping)
+            {
+                at = at.max(last_ping + SERVER_PING_INTERVAL_WITH_CALLS);
             }
+            return (at, Due::Ping(silent_since + self.timeout));
         }
-        () = state.check.notified() => {}
-    }
-    match tokio::time::timeout(options.keepalive_timeout, pings.ping(Ping::opaque())).await {
-        Ok(Ok(_)) => {
-            state.touch();
-            Health::Alive
+        let idle_since = state.idle_since.get(state.opened).unwrap_or(state.opened);
+        let idle_check = (idle_since + IDLE_EXTRA).max(self.next_idle_check.unwrap_or(idle_since));
+        let ping = self.interval.map(|interval| {
+            let quiet_since = state
+                .last_received()
+                .max(self.last_ping.unwrap_or(state.opened));
+            quiet_since + interval
+        });
+        match ping {
+            Some(at) if at < idle_check => (at, Due::Ping(at + self.timeout)),
+            _ => (idle_check, Due::Idle),
         }
-        _ => Health::Dead,
-    }
-}
-
-impl ConnectionState {
-    fn last_used(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_used_ms.load(Ordering::Relaxed))
     }
 
-    pub(super) fn touch(&self) {
-        let elapsed = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_used_ms.store(elapsed, Ordering::Relaxed);
+    fn poll_due(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
+        loop {
+            let (at, due) = self.next();
+            if at <= Instant::now() {
+                return Poll::Ready(match due {
+                    // The deadline of a liveness PING counts from the silence's start: at least
+                    // half the timeout from now.
+                    Due::Ping(deadline) => {
+                        Due::Ping(deadline.max(Instant::now() + self.timeout / 2))
+                    }
+                    due => due,
+                });
+            }
+            // Moved later (a byte arrived, a call ended): the timer fires early and this looks
+            // again, which is cheaper than resetting it at every frame.
+            if at < self.sleep.deadline() || self.sleep.is_elapsed() {
+                self.sleep.as_mut().reset(at);
+            }
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+        }
+    }
+
+    fn sent(&mut self, deadline: Instant) {
+        self.probe = Some(deadline);
+        self.last_ping = Some(Instant::now());
+        self.state.probing.store(true, Ordering::Release);
+    }
+
+    fn answered(&mut self) {
+        self.probe = None;
+        self.state.probing.store(false, Ordering::Release);
+        self.state.pool_changed.notify_waiters();
+    }
+
+    fn kept_idle(&mut self) {
+        self.next_idle_check = Some(Instant::now() + IDLE_EXTRA);
     }
 }
 
@@ -451,6 +788,38 @@ mod tests {
             tcp_keepalive: None,
             resolved_addresses: None,
         }
+    }
+
+    /// With calls outstanding, one PING after half the keepalive timeout without a frame; once
+    /// answered, the next one waits for an answer's headers (which reset the server's strikes)
+    /// or for 5 minutes, so a server that stays silent is not PINGed into GOAWAY.
+    #[tokio::test(start_paused = true)]
+    async fn with_calls_one_ping_per_silence_until_an_answer() {
+        let state = Arc::new(ConnectionState::new(Arc::new(Notify::new())));
+        state.settled.store(true, Ordering::Release);
+        state.stream_limit.store(STREAM_LIMIT, Ordering::Release);
+        let options = ConnectionOptions {
+            keepalive_timeout: Duration::from_secs(20),
+            ..options()
+        };
+        let mut keepalive = Keepalive::new(Arc::clone(&state), &options);
+        state.call_started();
+        let (at, due) = keepalive.next();
+        assert!(matches!(due, Due::Ping(_)));
+        assert_eq!(at - Instant::now(), Duration::from_secs(10));
+
+        tokio::time::advance(Duration::from_secs(10)).await;
+        keepalive.sent(Instant::now() + Duration::from_secs(10));
+        assert_eq!(state.room(), 0, "no new call while the PING is out");
+        keepalive.answered();
+        assert!(state.room() > 0);
+        let (at, _) = keepalive.next();
+        assert_eq!(at - Instant::now(), SERVER_PING_INTERVAL_WITH_CALLS);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        state.answered();
+        let (at, _) = keepalive.next();
+        assert!(at - Instant::now() < Duration::from_secs(10), "{at:?}");
     }
 
     #[test]

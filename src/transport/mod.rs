@@ -7,14 +7,42 @@
 //! answer (see [`NotSent`]): nothing handed to h2, a stream refused, a stream above a GOAWAY's
 //! last-stream-id are "not sent"; everything else may have been processed.
 //!
-//! The parts:
+//! The parts, and who owns what:
 //! - this file: [`Http2Channel`], the tower `Service` the stubs call, and the request path
-//!   (take room on a connection, hand HEADERS and DATA to h2, await the answer's headers);
-//! - `pool.rs`: where a call goes, the room it holds (a `Slot`), waiting, connecting in the
-//!   background;
-//! - `connection.rs`: dialing, the HTTP/2 handshake, and each connection's task (keepalive);
+//!   (take a slot, hand HEADERS and DATA to h2 from the caller's task, await the answer's
+//!   headers);
+//! - `pool.rs` owns the list of connections (one mutex) and the [`Notify`](tokio::sync::Notify)
+//!   calls wait on for room: where a call goes, the room it holds (a `Slot`, released when the
+//!   call ends), connecting in the background, retiring connections;
+//! - `connection.rs` owns each connection: dialing, the HTTP/2 handshake, and the task that
+//!   drives it, keeps its `ConnectionState` (stream limit, open, PING out, last frame
+//!   received) up to date for the pool, and checks it with PINGs;
 //! - `outcome.rs`: "not sent" or "may have been processed", from h2's errors;
 //! - `body.rs`: the answer's body, which holds the call's slot until it is read or dropped.
+//!
+//! A connection takes calls as soon as it is dialed: the first goes out with the connection
+//! preface, the others wait for the server's SETTINGS (its stream limit), then at most that
+//! limit (100 if it announces none) go on it. It takes no new call once it received GOAWAY or
+//! closed, or while a PING on it is unanswered. With calls outstanding and nothing received
+//! for half the keepalive timeout it gets a PING; no answer by the keepalive timeout closes it,
+//! which fails its calls at once. Without calls it gets a PING only after the keepalive
+//! interval (2 hours by default: gRPC servers punish more), and is closed after 90 s if the
+//! pool has another healthy connection.
+//!
+//! Every wake-up of a call waiting for room, and who sends it (all through the pool's
+//! `Notify`, except the last):
+//!
+//! | event | woken by | wakes |
+//! |---|---|---|
+//! | a call ends (its slot is dropped) | `Slot::drop` | one waiter |
+//! | a connection attempt ends, made or failed | `AttemptGuard::record` | all |
+//! | the server's first SETTINGS arrive, or a later one raises the limit | `Driven::observe` | all |
+//! | GOAWAY received, the connection closed, found dead, its task gone | `Driven::retire` -> `Pool::retired` | all |
+//! | a PING is answered (the connection takes calls again) | `Keepalive::answered` | all |
+//! | the reconnect delay ends | the waiting call's own timer in `Pool::acquire` | itself |
+//!
+//! A waiter registers before it reads the pool, so an event between its read and its wait
+//! still wakes it.
 
 mod body;
 mod connection;
@@ -28,7 +56,6 @@ use std::task::{Context, Poll};
 
 use http::{HeaderValue, Uri};
 use http_body_util::BodyExt;
-use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::codegen::Service;
 
@@ -39,7 +66,7 @@ pub(crate) use connection::{ConnectionOptions, Security, SetupError};
 pub(crate) use outcome::{NotSent, NotSentReason, RequestWritten};
 
 use outcome::{call_failed, refused, response_failed};
-use pool::{CheckIfAbandoned, Pool};
+use pool::Pool;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
@@ -95,8 +122,8 @@ impl Service<http::Request<Body>> for Http2Channel {
     }
 }
 
-/// One call: room on a connection, HEADERS and DATA handed to h2 from the caller's task (so
-/// both are queued before the connection's task writes), then the answer's headers.
+/// One call: room on a connection, HEADERS and DATA handed to h2 from the caller's task, then
+/// the answer's headers.
 async fn send(
     pool: Arc<Pool>,
     user_agent: HeaderValue,
@@ -121,8 +148,10 @@ async fn send(
         written.set();
     }
     if !end_of_stream {
-        // Queued behind the HEADERS before the connection task runs, so both go out in one
-        // write; h2 waits for flow-control capacity itself if the body is larger.
+        // Queued right behind the HEADERS, so both usually go out in one write: always when the
+        // connection's task runs on this thread (a current-thread runtime), while on a
+        // multi-thread runtime a worker woken by the HEADERS may write them first. h2 waits
+        // for flow-control capacity itself if the body is larger than the window.
         if let Err(error) = stream.send_data(body, true) {
             // The stream ended in between (refused, above a GOAWAY's last-stream-id, its
             // connection closed): its answer says which.
@@ -132,15 +161,11 @@ async fn send(
             });
         }
     }
-    let abandoned = CheckIfAbandoned {
-        slot: Some(slot),
-        sent: Instant::now(),
-        ping_timeout: pool.dialer.options.keepalive_timeout,
-    };
     let response = response.await.map_err(response_failed)?;
+    slot.state.answered();
     Ok(response.map(|body| ResponseBody {
         body,
         data_done: false,
-        _slot: abandoned.answered(),
+        _slot: slot,
     }))
 }

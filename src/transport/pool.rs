@@ -4,7 +4,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,8 +23,7 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 pub(super) struct Pool {
     pub(super) dialer: Dialer,
     connections: Mutex<Connections>,
-    /// Woken when room may have appeared: a call ended, a connection was made or retired, or
-    /// a connection attempt ended.
+    /// Where calls wait for room; `mod.rs` lists who wakes it.
     pub(super) changed: Arc<Notify>,
 }
 
@@ -37,13 +35,21 @@ struct Connections {
     /// Connection attempts finished so far: tells a waiting call whether the attempt it waited
     /// for has ended.
     attempts_finished: u64,
-    /// The failure of the last attempt, if it failed, and when.
-    last_failure: Option<(Arc<str>, Instant)>,
+    /// The last failure to connect, if the last attempt failed or its connection was retired
+    /// before it answered anything.
+    last_failure: Option<Failure>,
+}
+
+struct Failure {
+    message: Arc<str>,
+    at: Instant,
+    /// The server accepted the connection and retired it at once (GOAWAY or close before any
+    /// answer): reconnecting at once would only repeat that.
+    refused_at_once: bool,
 }
 
 struct PooledConnection {
-    /// Never used to send (clones are): polling it only reports whether the connection still
-    /// takes new streams (not after a GOAWAY or once closed).
+    /// Cloned for each call; never used to send itself.
     sender: SendRequest<Bytes>,
     state: Arc<ConnectionState>,
 }
@@ -67,11 +73,13 @@ impl Pool {
             let mut notified = std::pin::pin!(notified);
             // Registered before the pool is read, so a change made after the read wakes it.
             notified.as_mut().enable();
+            let reconnect_at;
             {
                 let mut pool = self.lock();
-                pool.open.retain_mut(PooledConnection::takes_new_streams);
+                pool.open
+                    .retain(|connection| connection.state.takes_new_streams());
                 if let Some(connection) = pool.least_loaded_with_room() {
-                    connection.state.in_flight.fetch_add(1, Ordering::AcqRel);
+                    connection.state.call_started();
                     let slot = Slot {
                         state: Arc::clone(&connection.state),
                     };
@@ -80,16 +88,17 @@ impl Pool {
                 // A call that waited for a connection attempt that failed gets that failure when
                 // there is no connection to wait on instead; the retry policy's backoff paces
                 // the next attempt.
-                if let (Some(waited_for), Some((failure, _))) = (waited_for, &pool.last_failure)
+                if let (Some(waited_for), Some(failure)) = (waited_for, &pool.last_failure)
                     && pool.attempts_finished > waited_for
                     && pool.open.is_empty()
                 {
                     return Err(NotSent::status(
                         NotSentReason::Connect,
-                        std::io::Error::other(failure.to_string()),
+                        std::io::Error::other(failure.message.to_string()),
                     ));
                 }
-                if pool.should_connect(self.dialer.options.max_connections) {
+                reconnect_at = pool.may_connect(self.dialer.options.max_connections);
+                if reconnect_at.is_some_and(|at| at <= Instant::now()) {
                     pool.connecting = true;
                     tokio::spawn(connect_in_background(Arc::clone(self)));
                 }
@@ -97,7 +106,16 @@ impl Pool {
                     waited_for.get_or_insert(pool.attempts_finished);
                 }
             }
-            notified.await;
+            match reconnect_at {
+                // Nobody else wakes a call when the reconnect delay ends.
+                Some(at) if at > Instant::now() => {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                _ => notified.await,
+            }
         }
     }
 
@@ -109,22 +127,50 @@ impl Pool {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes an idle connection out of the pool if the pool has another one.
+    /// Whether an idle connection should be closed: one retired already, or one the pool can
+    /// spare (it is taken out): the only healthy connection is kept, whatever the others
+    /// (closing, or with a PING unanswered) do.
     pub(super) fn retire_if_extra(&self, state: &Arc<ConnectionState>) -> bool {
-        let mut pool = self.lock();
-        if pool.open.len() < 2 || state.in_flight.load(Ordering::Acquire) > 0 {
+        if state.in_flight.load(Ordering::Acquire) > 0 {
             return false;
         }
+        // Already out of the pool (GOAWAY received) and done: nothing to keep it for.
+        if !state.takes_new_streams() {
+            return true;
+        }
+        let mut pool = self.lock();
+        let another_healthy = pool.open.iter().any(|connection| {
+            !Arc::ptr_eq(&connection.state, state) && connection.state.is_healthy()
+        });
+        if !another_healthy || state.in_flight.load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        // Under the lock: no call can take it from now on.
+        state.retire();
         pool.open
             .retain(|connection| !Arc::ptr_eq(&connection.state, state));
         tracing::debug!("idle extra HTTP/2 connection to Cloud Tasks closed");
         true
     }
 
-    pub(super) fn remove(&self, state: &Arc<ConnectionState>) {
-        self.lock()
-            .open
-            .retain(|connection| !Arc::ptr_eq(&connection.state, state));
+    /// A connection stopped taking new streams (GOAWAY, closed, found dead): out of the pool;
+    /// if it never answered, the server refused it at once, which delays the next attempt.
+    pub(super) fn retired(&self, state: &Arc<ConnectionState>) {
+        {
+            let mut pool = self.lock();
+            pool.open
+                .retain(|connection| !Arc::ptr_eq(&connection.state, state));
+            if !state.ever_answered() {
+                pool.last_failure = Some(Failure {
+                    message: "the server closed the connection (or sent GOAWAY) before answering \
+                              any call"
+                        .into(),
+                    at: Instant::now(),
+                    refused_at_once: true,
+                });
+            }
+        }
+        self.changed.notify_waiters();
     }
 }
 
@@ -132,41 +178,32 @@ impl Connections {
     fn least_loaded_with_room(&self) -> Option<&PooledConnection> {
         self.open
             .iter()
-            .filter(|connection| connection.room() > 0)
+            .filter(|connection| connection.state.room() > 0)
             .min_by_key(|connection| connection.state.in_flight.load(Ordering::Acquire))
     }
 
-    /// Whether a new connection should be made for a call that found no room.
-    fn should_connect(&self, max_connections: usize) -> bool {
-        if self.connecting || self.open.len() >= max_connections {
-            return false;
+    /// When a new connection may be made for a call that found no room: `None` if one is
+    /// being made or settling, or the pool is full. After a failure, not before the reconnect delay if
+    /// other connections are up (their calls make room) or the server refused the last
+    /// connection at once; otherwise at once (the calls that waited got the failure, and the
+    /// retry policy paces them).
+    fn may_connect(&self, max_connections: usize) -> Option<Instant> {
+        // A connection whose SETTINGS are not in yet will most likely have room.
+        if self.connecting
+            || self.open.len() >= max_connections
+            || self
+                .open
+                .iter()
+                .any(|connection| !connection.state.is_settled())
+        {
+            return None;
         }
-        // With connections up, a failing endpoint is not hammered: their calls make room.
         match &self.last_failure {
-            Some((_, failed_at)) if !self.open.is_empty() => failed_at.elapsed() >= RECONNECT_DELAY,
-            _ => true,
+            Some(failure) if failure.refused_at_once || !self.open.is_empty() => {
+                Some(failure.at + RECONNECT_DELAY)
+            }
+            _ => Some(Instant::now()),
         }
-    }
-}
-
-impl PooledConnection {
-    fn takes_new_streams(&mut self) -> bool {
-        // A clone of a sender has no stream pending, so this only checks the connection.
-        let open = matches!(
-            self.sender
-                .poll_ready(&mut Context::from_waker(std::task::Waker::noop())),
-            Poll::Ready(Ok(()))
-        );
-        if !open {
-            tracing::debug!("HTTP/2 connection to Cloud Tasks retired (GOAWAY or closed)");
-        }
-        open
-    }
-
-    fn room(&self) -> usize {
-        self.sender
-            .current_max_send_streams()
-            .saturating_sub(self.state.in_flight.load(Ordering::Acquire))
     }
 }
 
@@ -179,7 +216,8 @@ async fn connect_in_background(pool: Arc<Pool>) {
         done: false,
     };
     let timeout = pool.dialer.options.connect_timeout;
-    let result = match tokio::time::timeout(timeout, pool.dialer.connect()).await {
+    let connecting = pool.dialer.connect(Arc::clone(&pool.changed));
+    let result = match tokio::time::timeout(timeout, connecting).await {
         Ok(result) => result,
         Err(_) => Err(Box::new(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -218,12 +256,18 @@ impl AttemptGuard {
             pool.connecting = false;
             pool.attempts_finished += 1;
             match result {
+                // Retired already (closed before the pool took it): `retired` recorded why.
+                Ok(connection) if !connection.state.takes_new_streams() => {}
                 Ok(connection) => {
                     pool.open.push(connection);
                     pool.last_failure = None;
                 }
                 Err(error) => {
-                    pool.last_failure = Some((error.to_string().into(), Instant::now()));
+                    pool.last_failure = Some(Failure {
+                        message: error.to_string().into(),
+                        at: Instant::now(),
+                        refused_at_once: false,
+                    });
                 }
             }
         }
@@ -247,36 +291,8 @@ pub(super) struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.state.touch();
-        self.state.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.state.call_ended();
+        // One slot frees room for one call.
         self.state.pool_changed.notify_one();
-    }
-}
-
-/// Held while a call waits for its answer: dropped before [`CheckIfAbandoned::answered`], the
-/// call was abandoned (its deadline passed, or its caller gave up), and the connection is
-/// checked with a PING, if the call waited at least as long as the PING may take: a call given
-/// up sooner says nothing about the connection, and a caller that often gives up quickly must
-/// not flood Cloud Tasks with PINGs (servers answer too many with GOAWAY).
-pub(super) struct CheckIfAbandoned {
-    pub(super) slot: Option<Slot>,
-    pub(super) sent: Instant,
-    pub(super) ping_timeout: Duration,
-}
-
-impl CheckIfAbandoned {
-    pub(super) fn answered(mut self) -> Option<Slot> {
-        self.slot.take()
-    }
-}
-
-impl Drop for CheckIfAbandoned {
-    fn drop(&mut self) {
-        if let Some(slot) = &self.slot
-            && self.sent.elapsed() >= self.ping_timeout
-        {
-            // A check already asked for answers for this call too.
-            slot.state.check.notify_one();
-        }
     }
 }

@@ -62,6 +62,10 @@ def parse_args():
     parser.add_argument("--permit-pings-ms", type=int, default=0,
                         help="accept client PINGs this often, even without calls (0: C-core's "
                              "defaults, which answer idle PINGs with GOAWAY too_many_pings)")
+    parser.add_argument("--min-ping-interval-ms", type=int, default=0,
+                        help="C-core's default PING policy (2 strikes, no PING without calls for "
+                             "2 hours) with this minimum between PINGs without data instead of "
+                             "5 minutes (0: 5 minutes)")
     parser.add_argument("--delay-ms", type=float, default=2.0,
                         help="time each call takes, so that calls overlap")
     return parser.parse_args()
@@ -140,6 +144,8 @@ async def main():
         options += [("grpc.keepalive_permit_without_calls", 1),
                     ("grpc.http2.min_ping_interval_without_data_ms", args.permit_pings_ms),
                     ("grpc.http2.max_ping_strikes", 0)]
+    if args.min_ping_interval_ms:
+        options += [("grpc.http2.min_ping_interval_without_data_ms", args.min_ping_interval_ms)]
     server = grpc.aio.server(options=options)
     cloudtasks_pb2_grpc.add_CloudTasksServicer_to_server(CloudTasks(), server)
     host = f"[{args.host}]" if ":" in args.host else args.host
