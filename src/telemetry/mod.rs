@@ -2,7 +2,7 @@
 //! "Observability from one layer"; the README's "Observability" lists every name).
 //!
 //! - Spans, always, with `tracing` (nothing is recorded without a subscriber): one per logical
-//!   call ([`CallRecord`], made by the client) and one per attempt ([`CallRecord::attempt`], made by
+//!   call (`CallRecord`, made by the client) and one per attempt (`CallRecord::attempt`, made by
 //!   `retry.rs`, the one place that runs attempts); on the receiving side one processing span
 //!   per delivery (`receiving.rs`).
 //! - With the `opentelemetry` feature: the trace context written into each task's headers and
