@@ -213,7 +213,7 @@ impl CloudTasksClient {
     ) -> Result<Enqueued, Error> {
         let task = task.into();
         let call = CallRecord::send(
-            &telemetry::CREATE_TASK,
+            telemetry::Rpc::CreateTask,
             &self.inner.server,
             self.queue_path(),
             None,
@@ -370,7 +370,7 @@ impl CloudTasksClient {
     /// its span, and recorded when it ends.
     pub(crate) async fn with_retries<T, F, Fut>(
         &self,
-        rpc: &'static Rpc,
+        rpc: Rpc,
         resource: &str,
         options: &CallOptions,
         idempotency: Idempotency,

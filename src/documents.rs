@@ -15,13 +15,13 @@ use uuid::Uuid;
 use crate::client::{CallOptions, CloudTasksClient};
 use crate::dedupe::document_task_id;
 use crate::error::{Call, Error};
+use crate::permissions::Rpc;
 use crate::proto::Task;
 use crate::proto::google::cloud::tasks::v2::{
     DeleteTaskRequest, GetTaskRequest, ListTasksRequest, ListTasksResponse, RunTaskRequest,
     task::View,
 };
 use crate::retry::Idempotency;
-use crate::telemetry::{DELETE_TASK, GET_TASK, LIST_TASKS, RUN_TASK};
 
 /// The most tasks Cloud Tasks returns in one `ListTasks` page.
 pub const MAX_LIST_PAGE_SIZE: u32 = 1000;
@@ -149,7 +149,7 @@ impl CloudTasksClient {
     async fn get_task(&self, name: &str, options: &CallOptions) -> Result<Task, Error> {
         let outcome = self
             .with_retries(
-                &GET_TASK,
+                Rpc::GetTask,
                 name,
                 options,
                 Idempotency::Idempotent,
@@ -175,7 +175,7 @@ impl CloudTasksClient {
     async fn delete_task(&self, name: &str, options: &CallOptions) -> Result<(), Error> {
         let outcome = self
             .with_retries(
-                &DELETE_TASK,
+                Rpc::DeleteTask,
                 name,
                 options,
                 Idempotency::Idempotent,
@@ -204,7 +204,7 @@ impl CloudTasksClient {
     async fn run_task(&self, name: &str, options: &CallOptions) -> Result<Task, Error> {
         let outcome = self
             .with_retries(
-                &RUN_TASK,
+                Rpc::RunTask,
                 name,
                 options,
                 Idempotency::NotIdempotent,
@@ -240,7 +240,7 @@ impl CloudTasksClient {
     ) -> Result<ListTasksResponse, Error> {
         let outcome = self
             .with_retries(
-                &LIST_TASKS,
+                Rpc::ListTasks,
                 self.queue_path(),
                 options,
                 Idempotency::Idempotent,

@@ -502,18 +502,10 @@ pub(crate) enum Call<'a> {
 impl Call<'_> {
     /// The RPC's name, as the service defines it.
     pub(crate) const fn method(self) -> &'static str {
-        match self {
-            Self::CreateTask => "CreateTask",
-            Self::BatchCreateTasks => "BatchCreateTasks",
-            Self::GetOperation(_) => "GetOperation",
-            Self::GetTask(_) => "GetTask",
-            Self::DeleteTask(_) => "DeleteTask",
-            Self::RunTask(_) => "RunTask",
-            Self::ListTasks => "ListTasks",
-        }
+        self.rpc().method()
     }
 
-    fn rpc(self) -> Rpc {
+    const fn rpc(self) -> Rpc {
         match self {
             Self::CreateTask => Rpc::CreateTask,
             Self::BatchCreateTasks => Rpc::BatchCreateTasks,

@@ -66,6 +66,32 @@ pub(crate) const ACT_AS: Requirement = Requirement {
 };
 
 impl Rpc {
+    /// The RPC's name, as its service defines it.
+    pub(crate) const fn method(self) -> &'static str {
+        match self {
+            Self::CreateTask => "CreateTask",
+            Self::BatchCreateTasks => "BatchCreateTasks",
+            Self::GetOperation => "GetOperation",
+            Self::GetTask => "GetTask",
+            Self::ListTasks => "ListTasks",
+            Self::DeleteTask => "DeleteTask",
+            Self::RunTask => "RunTask",
+        }
+    }
+
+    /// The fully qualified method, as gRPC's path and OpenTelemetry's `rpc.method` name it.
+    pub(crate) const fn full_method(self) -> &'static str {
+        match self {
+            Self::CreateTask => "google.cloud.tasks.v2.CloudTasks/CreateTask",
+            Self::BatchCreateTasks => "google.cloud.tasks.v2.CloudTasks/BatchCreateTasks",
+            Self::GetOperation => "google.longrunning.Operations/GetOperation",
+            Self::GetTask => "google.cloud.tasks.v2.CloudTasks/GetTask",
+            Self::ListTasks => "google.cloud.tasks.v2.CloudTasks/ListTasks",
+            Self::DeleteTask => "google.cloud.tasks.v2.CloudTasks/DeleteTask",
+            Self::RunTask => "google.cloud.tasks.v2.CloudTasks/RunTask",
+        }
+    }
+
     /// The permission the call needs on its resource (the queue, the task, or the operation),
     /// and the narrowest role that grants it.
     pub(crate) const fn requirement(self) -> Requirement {

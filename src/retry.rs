@@ -314,7 +314,7 @@ mod tests {
         let policy = RetryPolicy::default().with_max_attempts(1000);
         let started = Instant::now();
         let server = crate::telemetry::Server::new("http://127.0.0.1:1", "q");
-        let call = CallRecord::rpc(&crate::telemetry::GET_TASK, &server, "t");
+        let call = CallRecord::rpc(crate::permissions::Rpc::GetTask, &server, "t");
         let outcome: Attempted<()> = run(
             &call,
             &policy,
@@ -341,7 +341,7 @@ mod tests {
         let mut calls = 0;
         let outcome: Attempted<()> = run(
             &CallRecord::rpc(
-                &crate::telemetry::CREATE_TASK,
+                crate::permissions::Rpc::CreateTask,
                 &crate::telemetry::Server::new("http://127.0.0.1:1", "q"),
                 "q",
             ),
@@ -396,7 +396,7 @@ mod tests {
                 let mut sends = 0;
                 let outcome: Attempted<()> = run(
                     &CallRecord::rpc(
-                        &crate::telemetry::CREATE_TASK,
+                        crate::permissions::Rpc::CreateTask,
                         &crate::telemetry::Server::new("http://127.0.0.1:1", "q"),
                         "q",
                     ),
@@ -442,7 +442,7 @@ mod tests {
     async fn an_attempt_gets_at_most_the_remaining_time() {
         let started = Instant::now();
         let server = crate::telemetry::Server::new("http://127.0.0.1:1", "q");
-        let call = CallRecord::rpc(&crate::telemetry::CREATE_TASK, &server, "q");
+        let call = CallRecord::rpc(crate::permissions::Rpc::CreateTask, &server, "q");
         let outcome: Attempted<()> = run(
             &call,
             &RetryPolicy::default(),

@@ -241,7 +241,7 @@ impl CloudTasksClient {
         for (key, task) in items {
             let options = call.until(Instant::now() + call.total);
             let send = CallRecord::send(
-                &telemetry::CREATE_TASK,
+                telemetry::Rpc::CreateTask,
                 self.server(),
                 self.queue_path(),
                 None,

@@ -113,7 +113,7 @@ impl CloudTasksClient {
             // Reading an operation is idempotent.
             operation = match self
                 .with_retries(
-                    &telemetry::GET_OPERATION,
+                    telemetry::Rpc::GetOperation,
                     &name,
                     &call.until(deadline),
                     Idempotency::Idempotent,
@@ -212,7 +212,7 @@ impl CloudTasksClient {
         let queue = self.queue_path();
         let count = tasks.len();
         let send = CallRecord::send(
-            &telemetry::BATCH_CREATE_TASKS,
+            telemetry::Rpc::BatchCreateTasks,
             self.server(),
             queue,
             Some(count),

@@ -86,14 +86,14 @@ fn meter() -> Meter {
 /// status code. A success needs no allocation.
 fn record_rpc(
     histogram: &Histogram<f64>,
-    rpc: &Rpc,
+    rpc: Rpc,
     server: &Server,
     duration: Duration,
     error: Option<&Error>,
 ) {
     let attributes = [
         KeyValue::new(attr::RPC_SYSTEM_NAME, "grpc"),
-        KeyValue::new(attr::RPC_METHOD, rpc.method),
+        KeyValue::new(attr::RPC_METHOD, rpc.full_method()),
         KeyValue::new(attr::SERVER_ADDRESS, server.metric_address.clone()),
         KeyValue::new(attr::SERVER_PORT, i64::from(server.port)),
     ];
@@ -111,12 +111,12 @@ fn record_rpc(
     }
 }
 
-pub(super) fn call_duration(rpc: &Rpc, server: &Server, duration: Duration, error: Option<&Error>) {
+pub(super) fn call_duration(rpc: Rpc, server: &Server, duration: Duration, error: Option<&Error>) {
     record_rpc(&instruments().call_duration, rpc, server, duration, error);
 }
 
 pub(super) fn attempt_duration(
-    rpc: &Rpc,
+    rpc: Rpc,
     server: &Server,
     duration: Duration,
     error: Option<&Error>,
@@ -130,11 +130,11 @@ pub(super) fn attempt_duration(
     );
 }
 
-pub(super) fn retry(rpc: &Rpc, error: &Error) {
+pub(super) fn retry(rpc: Rpc, error: &Error) {
     instruments().retries.add(
         1,
         &[
-            KeyValue::new(attr::RPC_METHOD, rpc.method),
+            KeyValue::new(attr::RPC_METHOD, rpc.full_method()),
             KeyValue::new(attr::ERROR_TYPE, super::error_type(error)),
         ],
     );

@@ -106,33 +106,8 @@ pub mod metric_names {
 
 use attributes as attr;
 
-/// A gRPC method of the Cloud Tasks API (or of long-running operations).
-#[derive(Debug)]
-pub(crate) struct Rpc {
-    pub(crate) method: &'static str,
-}
-
-pub(crate) const CREATE_TASK: Rpc = Rpc {
-    method: "google.cloud.tasks.v2.CloudTasks/CreateTask",
-};
-pub(crate) const BATCH_CREATE_TASKS: Rpc = Rpc {
-    method: "google.cloud.tasks.v2.CloudTasks/BatchCreateTasks",
-};
-pub(crate) const GET_OPERATION: Rpc = Rpc {
-    method: "google.longrunning.Operations/GetOperation",
-};
-pub(crate) const GET_TASK: Rpc = Rpc {
-    method: "google.cloud.tasks.v2.CloudTasks/GetTask",
-};
-pub(crate) const DELETE_TASK: Rpc = Rpc {
-    method: "google.cloud.tasks.v2.CloudTasks/DeleteTask",
-};
-pub(crate) const RUN_TASK: Rpc = Rpc {
-    method: "google.cloud.tasks.v2.CloudTasks/RunTask",
-};
-pub(crate) const LIST_TASKS: Rpc = Rpc {
-    method: "google.cloud.tasks.v2.CloudTasks/ListTasks",
-};
+/// The RPCs, one list for permissions, error wording and telemetry.
+pub(crate) use crate::permissions::Rpc;
 
 /// The endpoint (and queue) as the spans and metrics name them, worked out once per client.
 #[derive(Debug, Clone)]
@@ -174,7 +149,7 @@ impl Server {
 /// One logical call: its span, open over every attempt, and when it started.
 #[derive(Debug)]
 pub(crate) struct CallRecord<'a> {
-    rpc: &'static Rpc,
+    rpc: Rpc,
     server: &'a Server,
     span: Span,
     #[cfg(feature = "opentelemetry")]
@@ -186,7 +161,7 @@ impl<'a> CallRecord<'a> {
     /// `send {queue ID}`, with the RPC's attributes too. `batch` is the task count of a
     /// `BatchCreateTasks` call.
     pub(crate) fn send(
-        rpc: &'static Rpc,
+        rpc: Rpc,
         server: &'a Server,
         queue: &str,
         batch: Option<usize>,
@@ -207,7 +182,7 @@ impl<'a> CallRecord<'a> {
             { attr::MESSAGING_BATCH_MESSAGE_COUNT } = batch.and_then(|n| i64::try_from(n).ok()),
             { attr::DOCUMENT_ID } = document.map(display),
             { attr::RPC_SYSTEM_NAME } = "grpc",
-            { attr::RPC_METHOD } = rpc.method,
+            { attr::RPC_METHOD } = rpc.full_method(),
             { attr::SERVER_ADDRESS } = server.address.as_str(),
             { attr::SERVER_PORT } = i64::from(server.port),
             { attr::ERROR_TYPE } = Empty,
@@ -218,14 +193,14 @@ impl<'a> CallRecord<'a> {
 
     /// Any other call (reading, deleting, running or listing tasks): a CLIENT span named after
     /// the method.
-    pub(crate) fn rpc(rpc: &'static Rpc, server: &'a Server, resource: &str) -> Self {
+    pub(crate) fn rpc(rpc: Rpc, server: &'a Server, resource: &str) -> Self {
         let span = tracing::info_span!(
             "rpc",
-            otel.name = rpc.method,
+            otel.name = rpc.full_method(),
             otel.kind = "client",
             otel.status_code = Empty,
             { attr::RPC_SYSTEM_NAME } = "grpc",
-            { attr::RPC_METHOD } = rpc.method,
+            { attr::RPC_METHOD } = rpc.full_method(),
             { attr::SERVER_ADDRESS } = server.address.as_str(),
             { attr::SERVER_PORT } = i64::from(server.port),
             { attr::MESSAGING_DESTINATION_NAME } = resource,
@@ -235,7 +210,7 @@ impl<'a> CallRecord<'a> {
         Self::with_span(rpc, server, span)
     }
 
-    fn with_span(rpc: &'static Rpc, server: &'a Server, span: Span) -> Self {
+    fn with_span(rpc: Rpc, server: &'a Server, span: Span) -> Self {
         Self {
             rpc,
             server,
@@ -256,11 +231,11 @@ impl<'a> CallRecord<'a> {
         let span = tracing::info_span!(
             parent: &self.span,
             "attempt",
-            otel.name = self.rpc.method,
+            otel.name = self.rpc.full_method(),
             otel.kind = "client",
             otel.status_code = Empty,
             { attr::RPC_SYSTEM_NAME } = "grpc",
-            { attr::RPC_METHOD } = self.rpc.method,
+            { attr::RPC_METHOD } = self.rpc.full_method(),
             { attr::SERVER_ADDRESS } = self.server.address.as_str(),
             { attr::SERVER_PORT } = i64::from(self.server.port),
             { attr::RESEND_COUNT } = (attempt > 1).then(|| i64::from(attempt - 1)),
