@@ -595,6 +595,12 @@ async fn drive(driven: Driven, mut pings: PingPong, mut keepalive: Keepalive, po
     let mut connection = std::pin::pin!(driven);
     loop {
         tokio::select! {
+            // The connection first: its poll reads what arrived (the server's SETTINGS, any
+            // frame) into `state`, and the keepalive's next deadline must be worked out from
+            // that. In a random order the keepalive could arm its timer from the state before
+            // the read, and with nothing else arriving the task would not wake again: a
+            // connection settled with a call waiting would never send its liveness PING.
+            biased;
             result = &mut connection => {
                 if let Err(error) = result {
                     tracing::debug!(%error, "HTTP/2 connection to Cloud Tasks closed");
