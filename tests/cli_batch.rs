@@ -36,24 +36,8 @@ fn write_input(dir: &Path, name: &str, lines: &[String]) -> PathBuf {
 
 async fn run(server: &MockCloudTasks, dir: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut command = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host());
-    command
-        .current_dir(dir)
-        .arg("enqueue-batch")
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    if let Some(bytes) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(bytes).await.unwrap();
-        drop(pipe);
-    }
-    child.wait_with_output().await.unwrap()
+    command.current_dir(dir).arg("enqueue-batch").args(args);
+    output_with_stdin(command, stdin).await
 }
 
 fn stdout_lines(output: &Output) -> Vec<Value> {

@@ -11,13 +11,12 @@ mod common;
 #[path = "common/terraform.rs"]
 mod module;
 
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use cloud_tasks::testing::MockCloudTasks;
 use cloud_tasks::{BatchOptions, CallOptions, CloudTasksClient, DocumentTask, Uuid};
 use common::*;
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
 /// Permissions of the predefined roles the module may grant the runtime account, from IAM's
 /// "Cloud Tasks roles and permissions" (<https://cloud.google.com/iam/docs/roles-permissions/cloudtasks>,
@@ -247,23 +246,8 @@ async fn cli(server: &MockCloudTasks, args: &[&str], stdin: Option<String>) -> O
     let dir = std::env::temp_dir().join(format!("cloud-tasks-iam-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut command = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host());
-    command
-        .args(args)
-        .current_dir(dir)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(text.as_bytes()).await.unwrap();
-        drop(pipe);
-    }
-    child.wait_with_output().await.unwrap()
+    command.args(args).current_dir(dir);
+    output_with_stdin(command, stdin.as_deref().map(str::as_bytes)).await
 }
 
 /// `None` if the command succeeded, otherwise everything it printed.

@@ -55,6 +55,31 @@ pub fn cli_command(binary: &str, emulator_host: &str) -> tokio::process::Command
     command
 }
 
+/// Runs `command` to completion with `stdin` written to it (or no input at all), and returns
+/// what it printed.
+pub async fn output_with_stdin(
+    mut command: tokio::process::Command,
+    stdin: Option<&[u8]>,
+) -> std::process::Output {
+    use std::process::Stdio;
+
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    if let Some(bytes) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(bytes).await.unwrap();
+        drop(pipe);
+    }
+    child.wait_with_output().await.unwrap()
+}
+
 /// `127.0.0.1:port` where nothing listens (the port was free a moment ago).
 pub fn unused_host() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
