@@ -25,6 +25,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+#[path = "common/subscriber.rs"]
+mod subscriber;
+
 const AUDIENCE: &str = "https://backend-abc123-uc.a.run.app";
 const EMAIL: &str = "tasks-invoker@my-project.iam.gserviceaccount.com";
 
@@ -1203,8 +1206,25 @@ fn logged(run: impl FnOnce()) -> String {
         .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
-    tracing::subscriber::with_default(subscriber, run);
+    let guard = subscriber::set_default(subscriber);
+    run();
+    drop(guard);
     String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
+}
+
+/// The fault: a thread with no subscriber reaches a `warn!` first, while this thread captures.
+/// Without `subscriber::set_default`'s second dispatcher the callsite is cached as "never" and
+/// the capture reads nothing (how CI once lost the next test's warning).
+#[test]
+fn a_capture_sees_a_warning_first_reached_by_a_thread_without_a_subscriber() {
+    fn warn_once_reached() {
+        tracing::warn!("reached");
+    }
+    let log = logged(|| {
+        std::thread::spawn(warn_once_reached).join().unwrap();
+        warn_once_reached();
+    });
+    assert!(log.contains("reached"), "captured: {log:?}");
 }
 
 #[test]

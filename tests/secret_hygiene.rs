@@ -37,7 +37,7 @@ async fn tokens_never_reach_logs_debug_output_or_errors() {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let _guard = common::subscriber::set_default(subscriber);
 
     let tokens = token_endpoint(Some(TOKEN)).await;
     let (server, client) = tls_server_and_client(&tokens.url).await;

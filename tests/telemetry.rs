@@ -56,7 +56,7 @@ fn traces() -> Traces {
     Traces {
         exporter,
         _provider: provider,
-        _guard: tracing::subscriber::set_default(subscriber),
+        _guard: common::subscriber::set_default(subscriber),
     }
 }
 
