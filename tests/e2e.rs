@@ -4,6 +4,8 @@
 
 #[path = "../examples/backend/app.rs"]
 mod app;
+#[path = "common/emulator.rs"]
+mod emulator;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +18,10 @@ use cloud_tasks::receiver::{
     CloudTask, Delivery, OidcVerifier, Rejection, TaskOutcome, VerifyError,
 };
 use cloud_tasks::{CloudTasksClient, ProcessDocumentPayload, Uuid};
-use tokio::net::TcpListener;
+use emulator::{Emulator, LocalServer, SERVICE_ACCOUNT};
 use tokio::sync::{Notify, mpsc};
 
 const QUEUE: &str = "document-processing";
-const SERVICE_ACCOUNT: &str = "tasks-invoker@e2e-project.iam.gserviceaccount.com";
 const WAIT: Duration = Duration::from_secs(15);
 
 /// What the task route saw.
@@ -71,8 +72,7 @@ impl app::Processor for Recorder {
 
 struct Pipeline {
     client: CloudTasksClient,
-    emulator: SocketAddr,
-    issuer: String,
+    emulator: Emulator,
     handler: SocketAddr,
     seen: mpsc::UnboundedReceiver<Seen>,
     work: Arc<AtomicUsize>,
@@ -88,26 +88,9 @@ impl Pipeline {
         behaviour: Behaviour,
         verifier: impl FnOnce(&str, &str) -> OidcVerifier,
     ) -> Self {
-        let emulator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let emulator = emulator_listener.local_addr().unwrap();
-        let handler_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let handler = handler_listener.local_addr().unwrap();
-        let issuer = format!("http://{emulator}");
-
-        let client = CloudTasksClient::builder()
-            .with_project_id("e2e-project")
-            .with_location("europe-west1")
-            .with_queue(QUEUE)
-            .with_service_url(format!("http://{handler}"))
-            .with_service_account_email(SERVICE_ACCOUNT)
-            .with_emulator_host(emulator.to_string())
-            .build()
-            .unwrap();
-        tokio::spawn(cloud_tasks_emulator::serve(
-            emulator_listener,
-            issuer.clone(),
-            vec![client.queue_path().to_owned()],
-        ));
+        let server = LocalServer::bind().await;
+        let handler = server.addr;
+        let (emulator, client) = Emulator::start(QUEUE, &server.url()).await;
 
         let (sender, seen) = mpsc::unbounded_channel();
         let (answered, answers) = mpsc::unbounded_channel();
@@ -117,7 +100,7 @@ impl Pipeline {
         let lose_next_answer = Arc::new(AtomicBool::new(behaviour == Behaviour::LoseFirstAnswer));
         let router = app::router(app::App {
             client: client.clone(),
-            verifier: verifier(client.target().service_url(), &issuer),
+            verifier: verifier(client.target().service_url(), &emulator.issuer),
             processor: Arc::new(Recorder {
                 seen: sender,
                 behaviour,
@@ -140,11 +123,10 @@ impl Pipeline {
             answered.send(response.status()).ok();
             std::future::ready(response)
         }));
-        tokio::spawn(async move { axum::serve(handler_listener, router).await });
+        server.serve(router);
         Self {
             client,
             emulator,
-            issuer,
             handler,
             seen,
             work,
@@ -180,22 +162,6 @@ impl Pipeline {
             Seen::Delivered(delivery) => panic!("expected a rejection, got {delivery:?}"),
         }
     }
-
-    /// Status of the emulator's wait-until-idle endpoint for the queue.
-    async fn wait_idle(&self) -> reqwest::StatusCode {
-        let url = format!(
-            "http://{}/emulator/{}:waitIdle",
-            self.emulator,
-            self.client.queue_path()
-        );
-        reqwest::Client::new()
-            .get(url)
-            .timeout(WAIT)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    }
 }
 
 fn document(filename: &str) -> ProcessDocumentPayload {
@@ -227,7 +193,7 @@ async fn an_enqueued_document_is_delivered_and_verified() {
     let delivery = pipeline.next_delivery().await;
     assert_eq!(delivery.payload, sent);
     assert_eq!(delivery.token.email, SERVICE_ACCOUNT);
-    assert_eq!(delivery.token.issuer, pipeline.issuer);
+    assert_eq!(delivery.token.issuer, pipeline.emulator.issuer);
     let context = &delivery.context;
     assert_eq!(context.queue_name, QUEUE);
     assert_eq!(
@@ -243,7 +209,10 @@ async fn an_enqueued_document_is_delivered_and_verified() {
         "ETA {:?} is the enqueue time",
         context.eta
     );
-    assert_eq!(pipeline.wait_idle().await, reqwest::StatusCode::NO_CONTENT);
+    assert_eq!(
+        pipeline.emulator.wait_idle(WAIT).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +238,10 @@ async fn a_failed_first_attempt_is_retried_with_retry_headers() {
     assert_eq!(retry.context.previous_response, Some(503));
     assert!(retry.context.is_retry());
     assert_eq!(retry.token.email, SERVICE_ACCOUNT);
-    assert_eq!(pipeline.wait_idle().await, reqwest::StatusCode::NO_CONTENT);
+    assert_eq!(
+        pipeline.emulator.wait_idle(WAIT).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,7 +339,10 @@ async fn a_task_delivered_again_after_a_lost_answer_is_processed_once() {
     );
     let second = pipeline.next_answer().await;
     assert_eq!(second, StatusCode::OK, "the duplicate is answered done");
-    assert_eq!(pipeline.wait_idle().await, reqwest::StatusCode::NO_CONTENT);
+    assert_eq!(
+        pipeline.emulator.wait_idle(WAIT).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
 
     assert_eq!(first.context.retry_count, 0);
     assert_eq!(pipeline.work.load(Ordering::SeqCst), 1, "the work ran once");
@@ -393,7 +368,7 @@ async fn a_task_run_again_while_it_is_processed_is_processed_once() {
     let run = reqwest::Client::new()
         .post(format!(
             "http://{}/v2/{}:run",
-            pipeline.emulator,
+            pipeline.emulator.addr,
             task.task_name()
         ))
         .body("{}")
@@ -407,6 +382,9 @@ async fn a_task_run_again_while_it_is_processed_is_processed_once() {
         "the second delivery finds the document being processed"
     );
     pipeline.release.notify_one();
-    assert_eq!(pipeline.wait_idle().await, reqwest::StatusCode::NO_CONTENT);
+    assert_eq!(
+        pipeline.emulator.wait_idle(WAIT).await,
+        reqwest::StatusCode::NO_CONTENT
+    );
     assert_eq!(pipeline.work.load(Ordering::SeqCst), 1, "the work ran once");
 }

@@ -12,9 +12,10 @@
 
 #[path = "../examples/backend/app.rs"]
 mod app;
+#[path = "common/emulator.rs"]
+mod emulator;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -29,11 +30,10 @@ use cloud_tasks::receiver::{
     SignatureCheck, VerifyError,
 };
 use cloud_tasks::{CloudTasksClient, PROCESS_DOCUMENT_PATH, ProcessDocumentPayload, Uuid};
+use emulator::{Emulator, LocalServer, SERVICE_ACCOUNT};
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-const SERVICE_ACCOUNT: &str = "tasks-invoker@e2e-project.iam.gserviceaccount.com";
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Cloud Run's front end with invoker IAM on, in front of one backend.
@@ -47,9 +47,8 @@ struct FrontEnd {
 }
 
 impl FrontEnd {
-    async fn serve(self, listener: TcpListener) {
-        let app = axum::Router::new().fallback(forward).with_state(self);
-        axum::serve(listener, app).await.unwrap();
+    fn router(self) -> axum::Router {
+        axum::Router::new().fallback(forward).with_state(self)
     }
 }
 
@@ -137,7 +136,7 @@ impl app::Processor for Recorder {
 
 struct Deployment {
     client: CloudTasksClient,
-    emulator: SocketAddr,
+    emulator: Emulator,
     /// The service URL: the front end's.
     service_url: String,
     backend: String,
@@ -151,43 +150,27 @@ impl Deployment {
     /// Emulator -> front end -> example backend, whose verifier trusts Cloud Run's check when
     /// `verified_by_cloud_run`.
     async fn start(verified_by_cloud_run: bool, retry_first: Vec<Uuid>) -> Self {
-        let emulator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let emulator = emulator_listener.local_addr().unwrap();
-        let front_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let issuer = format!("http://{emulator}");
-        let service_url = format!("http://{}", front_listener.local_addr().unwrap());
-        let backend = format!("http://{}", backend_listener.local_addr().unwrap());
-
-        let client = CloudTasksClient::builder()
-            .with_project_id("e2e-project")
-            .with_location("europe-west1")
-            .with_queue("document-processing")
-            .with_service_url(&service_url)
-            .with_service_account_email(SERVICE_ACCOUNT)
-            .with_emulator_host(emulator.to_string())
-            .build()
-            .unwrap();
-        tokio::spawn(cloud_tasks_emulator::serve(
-            emulator_listener,
-            issuer.clone(),
-            vec![client.queue_path().to_owned()],
-        ));
+        let front_server = LocalServer::bind().await;
+        let backend_server = LocalServer::bind().await;
+        let service_url = front_server.url();
+        let backend = backend_server.url();
+        let (emulator, client) = Emulator::start("document-processing", &service_url).await;
+        let issuer = &emulator.issuer;
 
         let front = FrontEnd {
             invoker_check: OidcVerifier::builder(&service_url, SERVICE_ACCOUNT)
-                .with_issuer(&issuer)
+                .with_issuer(issuer)
                 .build()
                 .unwrap(),
             backend: backend.clone(),
             http: reqwest::Client::new(),
         };
-        tokio::spawn(front.serve(front_listener));
+        front_server.serve(front.router());
 
         // The backend as deployed: the service URL as audience, the invoker account, and (in
         // production, through CLOUD_TASKS_OIDC_VERIFIED_BY_CLOUD_RUN) Cloud Run's check trusted.
         let verifier = OidcVerifier::builder(&service_url, SERVICE_ACCOUNT)
-            .with_issuer(&issuer)
+            .with_issuer(issuer)
             .with_verified_by_cloud_run(verified_by_cloud_run)
             .build()
             .unwrap();
@@ -211,7 +194,7 @@ impl Deployment {
             }
             std::future::ready(response)
         }));
-        tokio::spawn(async move { axum::serve(backend_listener, router).await });
+        backend_server.serve(router);
         Self {
             client,
             emulator,
@@ -222,21 +205,6 @@ impl Deployment {
             signatures,
             rejections,
         }
-    }
-
-    async fn wait_idle(&self) -> reqwest::StatusCode {
-        let url = format!(
-            "http://{}/emulator/{}:waitIdle",
-            self.emulator,
-            self.client.queue_path()
-        );
-        reqwest::Client::new()
-            .get(url)
-            .timeout(WAIT)
-            .send()
-            .await
-            .unwrap()
-            .status()
     }
 }
 
@@ -262,7 +230,7 @@ async fn behind_the_front_end_every_valid_delivery_is_processed_once() {
             .unwrap();
     }
     assert_eq!(
-        deployment.wait_idle().await,
+        deployment.emulator.wait_idle(WAIT).await,
         reqwest::StatusCode::NO_CONTENT,
         "the emulator holds no task: every one was answered 2xx"
     );
@@ -342,14 +310,13 @@ async fn stripped_tokens_with_forged_claims_are_refused() {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let issuer = format!("http://{}", deployment.emulator);
     let claims = json!({
         "aud": deployment.service_url,
         "email": SERVICE_ACCOUNT,
         "email_verified": true,
         "exp": now + 3600,
         "iat": now,
-        "iss": issuer,
+        "iss": deployment.emulator.issuer,
         "sub": "1",
     });
     let with = |name: &str, value: serde_json::Value| {

@@ -3,6 +3,9 @@
 //! it, `run` dispatches it to a local handler, `cancel` removes another, and `status` then says
 //! there is no task. The library and the `cloud-tasks` binary are both checked.
 
+#[path = "common/emulator.rs"]
+mod emulator;
+
 use std::net::SocketAddr;
 use std::process::Output;
 use std::time::{Duration, SystemTime};
@@ -12,18 +15,15 @@ use cloud_tasks::{
     CallOptions, CloudTasksClient, HttpTask, ListTasksOptions, PROCESS_DOCUMENT_PATH,
     ProcessDocumentPayload, Uuid, document_task_id,
 };
-use tokio::net::TcpListener;
+use emulator::{Emulator, LOCATION, LocalServer, PROJECT, SERVICE_ACCOUNT};
 use tokio::sync::mpsc;
 
-const PROJECT: &str = "e2e-project";
-const LOCATION: &str = "europe-west1";
 const QUEUE: &str = "document-processing";
-const SERVICE_ACCOUNT: &str = "tasks-invoker@e2e-project.iam.gserviceaccount.com";
 const WAIT: Duration = Duration::from_secs(15);
 
 struct Setup {
     client: CloudTasksClient,
-    emulator: SocketAddr,
+    emulator: Emulator,
     handler: SocketAddr,
     /// The bodies the handler received.
     deliveries: mpsc::UnboundedReceiver<ProcessDocumentPayload>,
@@ -31,24 +31,9 @@ struct Setup {
 
 /// The emulator, a handler that answers every delivery with 200, and a client for both.
 async fn start() -> Setup {
-    let emulator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let emulator = emulator_listener.local_addr().unwrap();
-    let handler_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handler = handler_listener.local_addr().unwrap();
-    let client = CloudTasksClient::builder()
-        .with_project_id(PROJECT)
-        .with_location(LOCATION)
-        .with_queue(QUEUE)
-        .with_service_url(format!("http://{handler}"))
-        .with_service_account_email(SERVICE_ACCOUNT)
-        .with_emulator_host(emulator.to_string())
-        .build()
-        .unwrap();
-    tokio::spawn(cloud_tasks_emulator::serve(
-        emulator_listener,
-        format!("http://{emulator}"),
-        vec![client.queue_path().to_owned()],
-    ));
+    let server = LocalServer::bind().await;
+    let handler = server.addr;
+    let (emulator, client) = Emulator::start(QUEUE, &server.url()).await;
     let (delivered, deliveries) = mpsc::unbounded_channel();
     let router = axum::Router::new().route(
         PROCESS_DOCUMENT_PATH,
@@ -62,7 +47,7 @@ async fn start() -> Setup {
             }
         }),
     );
-    tokio::spawn(async move { axum::serve(handler_listener, router).await });
+    server.serve(router);
     Setup {
         client,
         emulator,
@@ -101,7 +86,7 @@ async fn cli(setup: &Setup, args: &[&str]) -> Output {
         .env("CLOUD_TASKS_QUEUE", QUEUE)
         .env("CLOUD_RUN_SERVICE_URL", format!("http://{}", setup.handler))
         .env("CLOUD_RUN_SERVICE_ACCOUNT", SERVICE_ACCOUNT)
-        .env("CLOUD_TASKS_EMULATOR_HOST", setup.emulator.to_string())
+        .env("CLOUD_TASKS_EMULATOR_HOST", setup.emulator.addr.to_string())
         .current_dir(dir)
         .output()
         .await

@@ -10,8 +10,9 @@
 #[path = "../examples/backend/app.rs"]
 mod app;
 mod common;
+#[path = "common/emulator.rs"]
+mod emulator;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -26,12 +27,12 @@ use cloud_tasks::{
     BatchOptions, CallOptions, CloudTasksClient, Code, DocumentTask, ProcessDocumentPayload,
     RetryPolicy, Uuid,
 };
+use emulator::{Emulator, LocalServer};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId, TracerProvider as _};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -424,32 +425,15 @@ async fn each_delivery_links_to_its_documents_enqueue_through_a_rewriting_front_
     metrics();
     let traces = traces();
     let queue = "telemetry-e2e";
-    let emulator_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let emulator: SocketAddr = emulator_listener.local_addr().unwrap();
-    let handler_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let handler = handler_listener.local_addr().unwrap();
-    let issuer = format!("http://{emulator}");
-    let client = CloudTasksClient::builder()
-        .with_project_id("e2e-project")
-        .with_location("europe-west1")
-        .with_queue(queue)
-        .with_service_url(format!("http://{handler}"))
-        .with_service_account_email(common::SERVICE_ACCOUNT)
-        .with_emulator_host(emulator.to_string())
-        .build()
-        .unwrap();
-    tokio::spawn(cloud_tasks_emulator::serve(
-        emulator_listener,
-        issuer.clone(),
-        vec![client.queue_path().to_owned()],
-    ));
+    let handler = LocalServer::bind().await;
+    let (emulator, client) = Emulator::start(queue, &handler.url()).await;
     let (answered, mut answers) = mpsc::unbounded_channel();
     let rewritten = Arc::new(AtomicUsize::new(0));
     let front_end = rewritten.clone();
     let router = app::router(app::App {
         client: client.clone(),
-        verifier: OidcVerifier::builder(client.target().service_url(), common::SERVICE_ACCOUNT)
-            .with_issuer(&issuer)
+        verifier: OidcVerifier::builder(client.target().service_url(), emulator::SERVICE_ACCOUNT)
+            .with_issuer(&emulator.issuer)
             .build()
             .unwrap(),
         processor: Arc::new(RetryFirst),
@@ -465,7 +449,7 @@ async fn each_delivery_links_to_its_documents_enqueue_through_a_rewriting_front_
     .layer(axum::middleware::map_request(move |request: Request| {
         rewrite_traceparent(front_end.clone(), request)
     }));
-    tokio::spawn(async move { axum::serve(handler_listener, router).await });
+    handler.serve(router);
 
     let documents: Vec<Uuid> = (0..2).map(|_| Uuid::new_v4()).collect();
     for document in &documents {
