@@ -10,6 +10,7 @@ use cloud_tasks::{Code, Uuid};
 use common::*;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, ChildStdin};
 
 /// A fresh empty directory, so no `.env` from the repository leaks into the run.
 fn temp_dir() -> PathBuf {
@@ -20,6 +21,13 @@ fn temp_dir() -> PathBuf {
 
 fn document_line(document_id: Uuid, filename: &str) -> String {
     serde_json::json!({"document_id": document_id, "filename": filename}).to_string()
+}
+
+/// One input line per document.
+fn document_lines(docs: &[(Uuid, String)]) -> Vec<String> {
+    docs.iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect()
 }
 
 fn documents(count: usize) -> Vec<(Uuid, String)> {
@@ -41,7 +49,11 @@ async fn run(server: &MockCloudTasks, dir: &Path, args: &[&str], stdin: Option<&
 }
 
 fn stdout_lines(output: &Output) -> Vec<Value> {
-    String::from_utf8(output.stdout.clone())
+    json_lines(&output.stdout)
+}
+
+fn json_lines(bytes: &[u8]) -> Vec<Value> {
+    std::str::from_utf8(bytes)
         .unwrap()
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
@@ -52,15 +64,75 @@ fn stderr(output: &Output) -> String {
     String::from_utf8(output.stderr.clone()).unwrap()
 }
 
+/// Starts `enqueue-batch -` with `args` and writes `lines` to it. Its stdin stays open (the
+/// input stalls) until the returned end is dropped.
+async fn spawn_with_input(
+    host: &str,
+    dir: &Path,
+    args: &[&str],
+    lines: &[String],
+) -> (Child, ChildStdin) {
+    let mut child = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), host)
+        .current_dir(dir)
+        .args(["enqueue-batch", "-"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all((lines.join("\n") + "\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    (child, stdin)
+}
+
+/// Waits until `done` holds, polling for 10 s at most, then fails with `not_done`.
+async fn wait_until(done: impl Fn() -> bool, not_done: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{not_done}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn send_signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// The next `count` failure records, as the running command writes them.
+async fn next_records(
+    stdout: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    count: usize,
+) -> Vec<Value> {
+    let mut records = Vec::new();
+    while records.len() < count {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(10), stdout.next_line())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "only {} of {count} failure records reached stdout",
+                    records.len()
+                )
+            })
+            .unwrap()
+            .expect("stdout closed early");
+        records.push(serde_json::from_str(&line).unwrap());
+    }
+    records
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_are_listed_on_stdout_and_bad_lines_do_not_stop_the_rest() {
     let server = MockCloudTasks::start().await.unwrap();
     let dir = temp_dir();
     let docs = documents(205);
-    let mut lines: Vec<String> = docs
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
+    let mut lines = document_lines(&docs);
     lines.insert(2, "{not json".to_owned());
     let empty_name = Uuid::new_v4();
     lines.insert(10, document_line(empty_name, ""));
@@ -136,10 +208,7 @@ async fn failures_are_listed_on_stdout_and_bad_lines_do_not_stop_the_rest() {
 async fn a_deduplicated_rerun_after_an_interruption_creates_only_what_is_missing() {
     let server = MockCloudTasks::start().await.unwrap();
     let dir = temp_dir();
-    let lines: Vec<String> = documents(150)
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
+    let lines = document_lines(&documents(150));
     let partial = write_input(&dir, "partial.jsonl", &lines[..60]);
     let full = write_input(&dir, "full.jsonl", &lines);
 
@@ -176,10 +245,7 @@ async fn a_deduplicated_rerun_after_an_interruption_creates_only_what_is_missing
 async fn failed_output_fed_back_through_stdin_is_enqueued() {
     let server = MockCloudTasks::start().await.unwrap();
     let dir = temp_dir();
-    let lines: Vec<String> = documents(10)
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
+    let lines = document_lines(&documents(10));
     let input = write_input(&dir, "docs.jsonl", &lines);
     // A definite failure (retried ones would succeed on their own), e.g. IAM not yet granted.
     server.push_fault(Fault::Reject(
@@ -231,36 +297,15 @@ async fn usage_and_configuration_problems_exit_with_2() {
 async fn ctrl_c_stops_reading_finishes_what_was_read_and_a_dedupe_rerun_completes() {
     let server = MockCloudTasks::start().await.unwrap();
     let dir = temp_dir();
-    let lines: Vec<String> = documents(400)
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
-    let mut command = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host());
-    command
-        .current_dir(&dir)
-        .args(["enqueue-batch", "-", "--dedupe"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
+    let lines = document_lines(&documents(400));
     // The first 250 lines arrive, then the input stalls (stdin stays open).
-    stdin
-        .write_all((lines[..250].join("\n") + "\n").as_bytes())
-        .await
-        .unwrap();
-    stdin.flush().await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while server.tasks().len() < 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "two full batches were not sent"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let (child, stdin) = spawn_with_input(&server.host(), &dir, &["--dedupe"], &lines[..250]).await;
+    wait_until(
+        || server.tasks().len() >= 200,
+        "two full batches were not sent",
+    )
+    .await;
+    send_signal(&child, libc::SIGINT);
     let interrupted = child.wait_with_output().await.unwrap();
     drop(stdin);
 
@@ -308,33 +353,15 @@ async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
     // The one batch call hangs far longer than the test waits.
     server.push_fault(Fault::Delay(std::time::Duration::from_secs(120)));
     let dir = temp_dir();
-    let lines: Vec<String> = documents(100)
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
-    let mut child = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
-        .current_dir(&dir)
-        .args(["enqueue-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all((lines.join("\n") + "\n").as_bytes())
-        .await
-        .unwrap();
-    stdin.flush().await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lines = document_lines(&documents(100));
+    let (mut child, _stdin) = spawn_with_input(&server.host(), &dir, &[], &lines).await;
     // A full batch of 100 goes out (and hangs) while stdin stays open for more.
-    while server.batch_create_tasks_calls().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no batch was sent");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    wait_until(
+        || !server.batch_create_tasks_calls().is_empty(),
+        "no batch was sent",
+    )
+    .await;
+    send_signal(&child, libc::SIGINT);
     let mut stderr_lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
     let waiting = stderr_lines.next_line().await.unwrap().unwrap();
     assert!(
@@ -342,8 +369,7 @@ async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
         "{waiting}"
     );
     let started = std::time::Instant::now();
-    // SAFETY: as above.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    send_signal(&child, libc::SIGINT);
     let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
         .await
         .expect("the second Ctrl-C ends the run at once")
@@ -375,11 +401,7 @@ async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
         .read_to_end(&mut unanswered)
         .await
         .unwrap();
-    let unanswered: Vec<Value> = String::from_utf8(unanswered)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let unanswered = json_lines(&unanswered);
     assert_eq!(unanswered.len(), 100);
     assert!(
         unanswered
@@ -394,10 +416,7 @@ async fn a_second_ctrl_c_aborts_the_wait_for_calls_in_flight() {
 async fn a_dry_run_counts_and_estimates_without_settings_or_sending() {
     let server = MockCloudTasks::start().await.unwrap();
     let dir = temp_dir();
-    let mut lines: Vec<String> = documents(1500)
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
+    let mut lines = document_lines(&documents(1500));
     lines.push("{not json".to_owned());
     let input = write_input(&dir, "docs.jsonl", &lines);
     let dry_run = |args: &[&str]| {
@@ -439,10 +458,7 @@ async fn a_dry_run_counts_and_estimates_without_settings_or_sending() {
 async fn the_run_follows_the_rate_and_the_help_shows_the_backfill_workflow() {
     let server = MockCloudTasks::start().await.unwrap();
     let dir = temp_dir();
-    let lines: Vec<String> = documents(600)
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
+    let lines = document_lines(&documents(600));
     let input = write_input(&dir, "docs.jsonl", &lines);
     let started = std::time::Instant::now();
     let output = run(
@@ -486,47 +502,6 @@ async fn the_run_follows_the_rate_and_the_help_shows_the_backfill_workflow() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Starts `enqueue-batch -` with `args`; its stdin stays open (the input stalls) until dropped.
-fn spawn_on_stdin(host: &str, dir: &Path, args: &[&str]) -> tokio::process::Child {
-    cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), host)
-        .current_dir(dir)
-        .args(["enqueue-batch", "-"])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn send_signal(child: &tokio::process::Child, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(child.id().unwrap()).unwrap();
-    // SAFETY: sending a signal to our own child process.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
-}
-
-/// The next `count` failure records, as the running command writes them.
-async fn next_records(
-    stdout: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    count: usize,
-) -> Vec<Value> {
-    let mut records = Vec::new();
-    while records.len() < count {
-        let line = tokio::time::timeout(std::time::Duration::from_secs(10), stdout.next_line())
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "only {} of {count} failure records reached stdout",
-                    records.len()
-                )
-            })
-            .unwrap()
-            .expect("stdout closed early");
-        records.push(serde_json::from_str(&line).unwrap());
-    }
-    records
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_like_ctrl_c_and_keeps_every_failure_already_decided() {
     let server = MockCloudTasks::start().await.unwrap();
@@ -536,17 +511,8 @@ async fn sigterm_drains_like_ctrl_c_and_keeps_every_failure_already_decided() {
     }
     server.push_fault(Fault::Delay(std::time::Duration::from_secs(2)));
     let dir = temp_dir();
-    let lines: Vec<String> = documents(6)
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
-    let mut child = spawn_on_stdin(&server.host(), &dir, &["--per-task"]);
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all((lines.join("\n") + "\n").as_bytes())
-        .await
-        .unwrap();
-    stdin.flush().await.unwrap();
+    let lines = document_lines(&documents(6));
+    let (mut child, stdin) = spawn_with_input(&server.host(), &dir, &["--per-task"], &lines).await;
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     // Written and flushed as decided, while the run goes on.
     let refused = next_records(&mut stdout, 5).await;
@@ -597,17 +563,8 @@ async fn a_hard_kill_loses_no_failure_already_decided() {
     }
     let dir = temp_dir();
     let docs = documents(5);
-    let lines: Vec<String> = docs
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
-    let mut child = spawn_on_stdin(&server.host(), &dir, &["--per-task"]);
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all((lines.join("\n") + "\n").as_bytes())
-        .await
-        .unwrap();
-    stdin.flush().await.unwrap();
+    let lines = document_lines(&docs);
+    let (mut child, stdin) = spawn_with_input(&server.host(), &dir, &["--per-task"], &lines).await;
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut records = next_records(&mut stdout, 5).await;
 
@@ -716,10 +673,7 @@ async fn every_unreadable_line_is_a_failure_record_and_the_run_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_that_keep_failing_before_sending_stop_the_run_early() {
     let dir = temp_dir();
-    let lines: Vec<String> = documents(300)
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
+    let lines = document_lines(&documents(300));
     let input = write_input(&dir, "docs.jsonl", &lines);
     // Nothing listens on this port: every call fails before sending, with the same cause.
     let output = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &unused_host())
@@ -779,10 +733,7 @@ async fn a_closed_stdout_stops_the_run() {
     // The first batch is refused: its failure lines cannot be written.
     server.push_fault(Fault::Reject(Code::PermissionDenied, "no actAs".into()));
     let dir = temp_dir();
-    let lines: Vec<String> = documents(300)
-        .iter()
-        .map(|(id, name)| document_line(*id, name))
-        .collect();
+    let lines = document_lines(&documents(300));
     let input = write_input(&dir, "docs.jsonl", &lines);
     let mut child = cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
         .current_dir(&dir)

@@ -565,20 +565,11 @@ async fn the_cli_continues_the_jobs_trace_from_traceparent() {
             )
         })
         .collect();
-    let mut batch = common::cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
+    let mut batch = common::cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host());
+    batch
         .env("TRACEPARENT", format!("00-{job_trace}-00f067aa0ba902b7-01"))
-        .args(["enqueue-batch", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncWriteExt as _;
-        let mut stdin = batch.stdin.take().unwrap();
-        stdin.write_all(lines.as_bytes()).await.unwrap();
-    }
-    let batch = batch.wait_with_output().await.unwrap();
+        .args(["enqueue-batch", "-"]);
+    let batch = common::output_with_stdin(batch, Some(lines.as_bytes())).await;
     assert!(batch.status.success(), "{batch:?}");
 
     let tasks = server.tasks();
