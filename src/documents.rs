@@ -105,23 +105,18 @@ impl CloudTasksClient {
     /// The task named `name`, looked for in the queue's list page by page; `None` if the list
     /// ends without it, or the queue does not exist (as GetTask's NOT_FOUND says).
     async fn find_listed(&self, name: &str, options: &CallOptions) -> Result<Option<Task>, Error> {
-        let mut page_token = String::new();
+        let mut pager = self.list_tasks(ListTasksOptions::new().with_call_options(options.clone()));
         loop {
-            let page = match self
-                .list_page(&page_token, MAX_LIST_PAGE_SIZE, options)
-                .await
-            {
-                Ok(page) => page,
+            match pager.next_page().await {
+                Ok(Some(page)) => {
+                    if let Some(task) = page.into_iter().find(|task| task.name == name) {
+                        return Ok(Some(task));
+                    }
+                }
+                Ok(None) => return Ok(None),
                 Err(error) if error.is_not_found() => return Ok(None),
                 Err(error) => return Err(error),
-            };
-            if let Some(task) = page.tasks.into_iter().find(|task| task.name == name) {
-                return Ok(Some(task));
             }
-            if page.next_page_token.is_empty() {
-                return Ok(None);
-            }
-            page_token = page.next_page_token;
         }
     }
 
