@@ -68,6 +68,10 @@ impl CloudTasksClient {
     /// Cloud Tasks answers GetTask on a missing queue with NOT_FOUND too, so a queue name
     /// that is wrong also gives `None`; [`CloudTasksClient::list_tasks`] tells them apart.
     ///
+    /// An endpoint without GetTask (an emulator such as `gcloud-tasks-emulator` answers
+    /// UNIMPLEMENTED; Cloud Tasks implements it) is asked with ListTasks instead, page by page,
+    /// until the task is found or the list ends.
+    ///
     /// # Errors
     /// What Cloud Tasks answered other than NOT_FOUND ([`Error::Rpc`]), [`Error::Connect`],
     /// [`Error::Timeout`] or [`Error::Auth`]. Transient failures were already retried.
@@ -79,10 +83,40 @@ impl CloudTasksClient {
     ) -> Result<Option<Task>, Error> {
         let name = self.document_task_name(document_id, key);
         let span = tracing::info_span!("document", %document_id);
-        match self.get_task(&name, options).instrument(span).await {
+        match self.get_task(&name, options).instrument(span.clone()).await {
             Ok(task) => Ok(Some(task)),
             Err(error) if error.is_not_found() => Ok(None),
+            Err(error) if error.is_unimplemented() => {
+                tracing::info!(
+                    endpoint = self.endpoint(),
+                    task = name,
+                    "the endpoint does not implement GetTask: looking for the task with ListTasks"
+                );
+                // Without ListTasks either, GetTask's refusal is the one to report.
+                match self.find_listed(&name, options).instrument(span).await {
+                    Err(list_error) if list_error.is_unimplemented() => Err(error),
+                    found => found,
+                }
+            }
             Err(error) => Err(error),
+        }
+    }
+
+    /// The task named `name`, looked for in the queue's list page by page; `None` if the list
+    /// ends without it, or the queue does not exist (as GetTask's NOT_FOUND says).
+    async fn find_listed(&self, name: &str, options: &CallOptions) -> Result<Option<Task>, Error> {
+        let mut pager = self.list_tasks(ListTasksOptions::new().with_call_options(options.clone()));
+        loop {
+            match pager.next_page().await {
+                Ok(Some(page)) => {
+                    if let Some(task) = page.into_iter().find(|task| task.name == name) {
+                        return Ok(Some(task));
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(error) if error.is_not_found() => return Ok(None),
+                Err(error) => return Err(error),
+            }
         }
     }
 

@@ -142,7 +142,9 @@ pub(crate) struct Pace<'a> {
 /// Runs `attempt` until it succeeds, fails for good, or the total deadline leaves no time for
 /// another attempt. `attempt` receives the time it may take, at most `attempt_timeout`.
 ///
-/// With a `pace`, a resend first waits for its turn, outside its attempt's time: an attempt
+/// With a `pace`, RESOURCE_EXHAUSTED halves the rate, and a call of more tasks than one second
+/// of the lowered rate is not resent but ends with the refusal, for its caller to split. A
+/// resend first waits for its turn, outside its attempt's time: an attempt
 /// that waited for the pace inside its deadline could time out waiting, keep its turn and
 /// take another for its retry, until a slow pace had no turn left that anyone used. A turn
 /// that would come after the total deadline is not taken; the call ends with its last error.
@@ -204,6 +206,20 @@ where
             && error.code() == Some(Code::ResourceExhausted)
         {
             pace.pacer.exhausted();
+            // A quota refusal stored nothing. Resent whole, a batch larger than one second of
+            // the lowered rate would burst past it, and might never fit the quota: the call
+            // ends here and its caller sends the tasks again in smaller calls. Not after an
+            // attempt that may have been processed: only the same request (its request_id)
+            // may follow that one.
+            if pace.tasks > pace.pacer.tasks_per_call(pace.tasks)
+                && possibly_processed.is_none()
+                && !error.task_may_exist()
+            {
+                return Attempted {
+                    result: Err(error),
+                    attempts,
+                };
+            }
         }
         // As gRPC's transparent retry: a request the server did not process goes again at once
         // (on another connection when its own was retired); a second time in a row, after the

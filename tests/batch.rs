@@ -637,6 +637,39 @@ async fn a_batch_is_never_larger_than_one_second_of_the_rate() {
     assert_eq!(sizes, [50, 50]);
 }
 
+/// The fault: the server refuses a whole batch of 100 for quota (RESOURCE_EXHAUSTED, nothing
+/// stored) at a fixed 100 tasks/s. The rate halves to 50/s, and the 100 tasks go again as two
+/// batches of 50, one second of the lowered rate each, not as one burst of 100 that might
+/// never fit the quota. Each is stored once.
+#[tokio::test]
+async fn a_batch_refused_for_quota_goes_again_in_batches_of_one_second_of_the_lowered_rate() {
+    let (server, client) = mock_and_client().await;
+    server.push_fault(Fault::Reject(
+        Code::ResourceExhausted,
+        "quota exceeded".into(),
+    ));
+    let outcomes = client
+        .enqueue_all(
+            documents(100),
+            BatchOptions::new().with_rate_limit(RateLimit::fixed(100)),
+        )
+        .await;
+    assert!(
+        outcomes.iter().all(is_created),
+        "{:?}",
+        outcomes.iter().find(|outcome| !is_created(outcome))
+    );
+    let sizes: Vec<usize> = server
+        .batch_create_tasks_calls()
+        .iter()
+        .map(|call| call.message.requests.len())
+        .collect();
+    assert_eq!(sizes, [100, 50, 50]);
+    let stored = stored_per_document(&server);
+    assert_eq!(stored.len(), 100);
+    assert!(stored.values().all(|count| *count == 1), "{stored:?}");
+}
+
 /// Each document's task held by the server, counted by document.
 fn stored_per_document(server: &MockCloudTasks) -> HashMap<Uuid, usize> {
     let mut stored = HashMap::new();

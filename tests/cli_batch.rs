@@ -833,3 +833,112 @@ async fn a_server_without_batch_create_tasks_is_said_once_and_loses_nothing() {
     assert_eq!(stored, expected, "each document stored once");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// The documents the server holds, one entry per stored task.
+fn stored_documents(server: &MockCloudTasks) -> Vec<Uuid> {
+    server
+        .tasks()
+        .iter()
+        .map(|task| match &task.message_type {
+            Some(cloud_tasks::proto::MessageType::HttpRequest(http)) => {
+                serde_json::from_slice::<Value>(&http.body).unwrap()["document_id"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// The fault: the server stores the first batch of 100, answers UNAVAILABLE and is gone
+/// (later connections refused), as a server that crashed after committing. The stored 100
+/// are reported `"may_exist": true` although their calls' last attempts sent nothing; every
+/// `false` is a document not stored. Resuming exactly as the run advises, once the server is
+/// back, stores every document once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_gone_after_storing_reports_the_stored_as_may_exist_and_resuming_duplicates_none()
+{
+    let mut server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let docs = documents(300);
+    let lines: Vec<String> = docs
+        .iter()
+        .map(|(id, name)| document_line(*id, name))
+        .collect();
+    let input = write_input(&dir, "docs.jsonl", &lines);
+    server.push_fault(Fault::Vanish(
+        Code::Unavailable,
+        "crashed after committing".into(),
+    ));
+
+    let first = run(
+        &server,
+        &dir,
+        &[
+            input.to_str().unwrap(),
+            "--concurrency",
+            "1",
+            "--timeout",
+            "2s",
+            "--stop-after",
+            "500ms",
+        ],
+        None,
+    )
+    .await;
+
+    let err = stderr(&first);
+    assert_eq!(first.status.code(), Some(1), "{err}");
+    let stored = stored_documents(&server);
+    let first_batch: Vec<Uuid> = docs[..100].iter().map(|(id, _)| *id).collect();
+    let mut sorted = stored.clone();
+    sorted.sort_unstable();
+    let mut expected = first_batch.clone();
+    expected.sort_unstable();
+    assert_eq!(sorted, expected, "the first batch, stored once");
+    let failed = stdout_lines(&first);
+    let document_of =
+        |line: &Value| -> Uuid { line["document_id"].as_str().unwrap().parse().unwrap() };
+    let may_exist: Vec<Uuid> = failed
+        .iter()
+        .filter(|line| line["may_exist"] == true)
+        .map(document_of)
+        .collect();
+    let mut reported = may_exist.clone();
+    reported.sort_unstable();
+    assert_eq!(reported, expected, "exactly the stored documents may exist");
+    let safe_to_resend: Vec<&Value> = failed
+        .iter()
+        .filter(|line| line["may_exist"] == false)
+        .collect();
+    assert!(!safe_to_resend.is_empty(), "{err}");
+    assert!(
+        err.contains("jq -c 'select(.may_exist == false)' failed.jsonl"),
+        "{err}"
+    );
+
+    // Resume as advised: the failures with "may_exist": false, then the input not read.
+    server.restart().await.unwrap();
+    let mut resume: Vec<String> = safe_to_resend.iter().map(|line| line.to_string()).collect();
+    if let Some(rest) = err.split("tail -n +").nth(1) {
+        let next: usize = rest.split(' ').next().unwrap().parse().unwrap();
+        resume.extend(lines[next - 1..].iter().cloned());
+    }
+    let second = run(
+        &server,
+        &dir,
+        &["-"],
+        Some((resume.join("\n") + "\n").as_bytes()),
+    )
+    .await;
+
+    assert_eq!(second.status.code(), Some(0), "{}", stderr(&second));
+    let mut stored = stored_documents(&server);
+    stored.sort_unstable();
+    let mut all: Vec<Uuid> = docs.iter().map(|(id, _)| *id).collect();
+    all.sort_unstable();
+    assert_eq!(stored, all, "every document stored exactly once");
+    std::fs::remove_dir_all(dir).unwrap();
+}

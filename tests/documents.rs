@@ -5,7 +5,9 @@ mod common;
 
 use cloud_tasks::Code;
 use cloud_tasks::testing::{Fault, MockCloudTasks};
-use cloud_tasks::{CallOptions, CloudTasksClient, DocumentTask, ListTasksOptions, Uuid};
+use cloud_tasks::{
+    BatchOptions, CallOptions, CloudTasksClient, DocumentTask, ListTasksOptions, RateLimit, Uuid,
+};
 use common::*;
 use http::HeaderMap;
 
@@ -416,5 +418,43 @@ async fn calls_the_server_lacks_name_the_call_and_the_endpoint() {
     assert_eq!(server.get_task_calls().len(), 1);
     assert_eq!(server.delete_task_calls().len(), 1);
     assert_eq!(server.run_task_calls().len(), 1);
-    assert_eq!(server.list_tasks_calls().len(), 1);
+    assert_eq!(
+        server.list_tasks_calls().len(),
+        2,
+        "status looked in the list too, and reports GetTask's refusal"
+    );
+}
+
+/// The fault: an endpoint without GetTask (UNIMPLEMENTED, as `gcloud-tasks-emulator`).
+/// `status` finds the document's task in ListTasks' pages instead (here on the second page,
+/// behind 1,000 others), and says `None` for a document without one, rather than failing.
+#[tokio::test]
+async fn status_without_get_task_looks_in_the_list() {
+    let (server, client) = mock_and_client().await;
+    server.set_unimplemented(["GetTask"]);
+    let others = (0..1000).map(|index| DocumentTask::new(Uuid::new_v4(), format!("{index}.pdf")));
+    let created = client
+        .enqueue_all(
+            others,
+            BatchOptions::new().with_rate_limit(RateLimit::none()),
+        )
+        .await;
+    assert!(created.iter().all(Result::is_ok));
+    let document_id = Uuid::new_v4();
+    enqueue(&client, document_id, None).await;
+
+    let options = options();
+    let task = client
+        .document_task(document_id, None, &options)
+        .await
+        .unwrap()
+        .expect("found in the list");
+    assert_eq!(task.name, client.document_task_name(document_id, None));
+    let absent = client
+        .document_task(Uuid::new_v4(), None, &options)
+        .await
+        .unwrap();
+    assert!(absent.is_none());
+    assert_eq!(server.get_task_calls().len(), 2);
+    assert_eq!(server.list_tasks_calls().len(), 4, "two pages each");
 }

@@ -33,6 +33,7 @@ use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -115,7 +116,10 @@ fn points(name: &str) -> Vec<Point> {
     let (provider, exporter) = metrics();
     provider.force_flush().unwrap();
     let exported = exporter.get_finished_metrics().unwrap();
-    let latest = exported.last().expect("a flush exports");
+    // Nothing recorded yet in this binary: nothing exported.
+    let Some(latest) = exported.last() else {
+        return Vec::new();
+    };
     let mut points = Vec::new();
     for scope in latest.scope_metrics() {
         for metric in scope.metrics().filter(|metric| metric.name() == name) {
@@ -606,4 +610,66 @@ async fn the_cli_warns_about_a_malformed_traceparent() {
     );
     // The command still runs, in a trace of its own.
     assert_eq!(server.tasks().len(), 1);
+}
+
+/// Deliveries refused before processing are counted, by reason, whether the axum extractor or
+/// `receive` refused them: without that, a front end that breaks every token (issue 16's
+/// Cloud Run case) shows as no traffic at all. The faults: no token at all (401, check
+/// `token`), and a token that is not a JWT (401, check `format`).
+#[tokio::test]
+async fn refused_deliveries_are_counted_by_reason() {
+    const REJECTED: &str = "gcp_cloud_tasks.receiver.rejected_deliveries";
+    metrics();
+    let refused = |check: &str| {
+        points(REJECTED)
+            .iter()
+            .filter(|p| {
+                p.has("error.type", "token")
+                    && p.has("gcp_cloud_tasks.receiver.check", check.to_owned())
+                    && p.has("http.response.status_code", 401_i64)
+                    && p.has("messaging.system", "gcp_cloud_tasks")
+            })
+            .map(|p| p.value)
+            .sum::<f64>()
+    };
+    let (no_token_before, malformed_before) = (refused("token"), refused("format"));
+    let verifier = OidcVerifier::builder(common::SERVICE_URL, common::SERVICE_ACCOUNT)
+        .build()
+        .unwrap();
+
+    let router = axum::Router::new()
+        .route(
+            "/tasks",
+            axum::routing::post(|_: CloudTask<ProcessDocumentPayload>| async { "processed" }),
+        )
+        .with_state(verifier.clone());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"POST /tasks HTTP/1.1\r\nHost: backend\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut answer)
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("Bearer not-a-jwt"),
+    );
+    let rejection =
+        cloud_tasks::receiver::receive::<ProcessDocumentPayload>(&verifier, &headers, b"{}")
+            .await
+            .unwrap_err();
+    assert_eq!(rejection.status_code(), 401);
+
+    assert_eq!(refused("token") - no_token_before, 1.0, "by the extractor");
+    assert_eq!(refused("format") - malformed_before, 1.0, "by receive");
 }

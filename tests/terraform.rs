@@ -219,6 +219,12 @@ denied! {
         => [RUN_OPERATIONS, broad("google_project_iam_member.backend_operation_reader", "${google_project_iam_custom_role.other.id}")];
     /// The custom role's `name` is the same reference as its `id`.
     operation_reader_by_name: [("iam.tf", "role    = google_project_iam_custom_role.operation_reader.id", "role    = google_project_iam_custom_role.operation_reader.name")] => [];
+    /// Retries that stop before a crashed instance's claim expires leave its document
+    /// unprocessed.
+    retries_shorter_than_a_claim: [("variables.tf", "default     = \"3600s\"", "default     = \"0s\"")]
+        => ["google_cloud_tasks_queue.documents: retry_config.max_retry_duration 0s ends retries before a crashed instance's 35-minute claim expires and one max_backoff (600s) passes, so that document is never processed; set it (or its variable's default) to at least \"2700s\", or max_attempts to -1"];
+    /// Unlimited attempts never stop retrying.
+    unlimited_attempts_without_a_retry_duration: [("variables.tf", "default     = \"3600s\"", "default     = \"0s\""), ("variables.tf", "unlimited.\"\n  type        = number\n  default     = 5\n", "unlimited.\"\n  type        = number\n  default     = -1\n")] => [];
     missing_output: [("outputs.tf", "output \"cloud_run_service_url\"", "output \"service_url\"")]
         => ["output \"cloud_run_service_url\": missing; add it with the value the Cloud Run service gets as CLOUD_RUN_SERVICE_URL"];
     output_that_differs_from_the_environment: [("outputs.tf", "google_service_account.task_invoker.email", "google_service_account.backend_runtime.email")]

@@ -143,9 +143,9 @@ variable "queue_max_attempts" {
 }
 
 variable "queue_max_retry_duration" {
-  description = "Time limit for retrying a task, from its first attempt. Retrying stops only once both this and queue_max_attempts are reached, so the default \"0s\" (no time limit) lets queue_max_attempts alone decide."
+  description = "Time limit for retrying a task, from its first attempt. Retrying stops only once both this and queue_max_attempts are reached. A document claimed by an instance that died stays claimed for 35 minutes (docs/RECEIVING.md), and every delivery meanwhile is answered \"retry later\": the default hour keeps retrying until a crash during any of the first five attempts has expired, where attempts alone would stop after 7.5 minutes and leave the document unprocessed. The policy refuses less than the claim plus queue_max_backoff."
   type        = string
-  default     = "0s"
+  default     = "3600s"
 
   validation {
     condition     = can(regex("^[0-9]+(\\.[0-9]{1,9})?s$", var.queue_max_retry_duration))

@@ -1,7 +1,8 @@
 //! One `BatchCreateTasks` call: sent with its `request_id` (retried as an idempotent call),
 //! its long-running operation polled to its end, and the tasks it refused for quota sent again
-//! in a smaller batch, all within one deadline.
+//! in batches of at most one second of the lowered rate, all within one deadline.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use prost::Message;
@@ -39,8 +40,8 @@ const RESPONSE_TYPE: &str = "type.googleapis.com/google.cloud.tasks.v2.BatchCrea
 enum Round {
     /// Settled.
     Done(Result<Enqueued, Error>),
-    /// Refused for quota in the operation's `failed_requests`: not created, so it may be sent
-    /// again, in another batch.
+    /// Refused for quota, alone (in the operation's `failed_requests`) or with its whole batch:
+    /// not created, so it may be sent again, in another batch.
     Exhausted(Box<Task>, Error),
     /// The endpoint does not implement `BatchCreateTasks` and processed nothing: send it with
     /// `CreateTask`.
@@ -141,9 +142,10 @@ impl CloudTasksClient {
     }
 
     /// Creates `items` with one deadline: the batch, its resends, its operation's polls and,
-    /// for tasks the operation refused for quota, further batches of just those. Where the
-    /// endpoint does not implement `BatchCreateTasks`, each task goes with `CreateTask`
-    /// instead, within the pace `items` already reserved.
+    /// for tasks refused for quota, further batches of just those, each at most one second of
+    /// the lowered rate and sent at its turn. Where the endpoint does not implement
+    /// `BatchCreateTasks`, each task goes with `CreateTask` instead, within the pace `items`
+    /// already reserved.
     pub(super) async fn create_batch<K>(
         &self,
         items: Vec<(K, Task)>,
@@ -155,37 +157,42 @@ impl CloudTasksClient {
         let deadline = Instant::now() + call.total;
         let mut done = Vec::with_capacity(items.len());
         let mut unimplemented = Vec::new();
-        let mut items = items;
-        loop {
-            let (keys, tasks): (Vec<K>, Vec<Task>) = items.into_iter().unzip();
-            let rounds = self.create_batch_once(tasks, deadline, call).await;
-            let mut again = Vec::new();
-            let mut refusals = Vec::new();
-            for (key, round) in keys.into_iter().zip(rounds) {
-                match round {
-                    Round::Done(outcome) => done.push((key, call.outcome(outcome))),
-                    Round::Exhausted(task, error) => {
-                        again.push((key, *task));
-                        refusals.push(error);
-                    }
-                    Round::Unimplemented(task) => unimplemented.push((key, *task)),
-                }
-            }
-            if again.is_empty() {
-                break;
-            }
-            call.pacer.exhausted();
+        let mut refused = VecDeque::new();
+        self.batch_round(
+            items,
+            deadline,
+            call,
+            &mut done,
+            &mut unimplemented,
+            &mut refused,
+        )
+        .await;
+        while !refused.is_empty() {
+            let size = call.pacer.tasks_per_call(refused.len());
+            let batch: Vec<(K, Task, Error)> = refused.drain(..size).collect();
             // A turn after the deadline is not taken: the refused tasks fail, not created.
-            if !call.pacer.acquire_before(again.len(), Some(deadline)).await {
+            if !call.pacer.acquire_before(batch.len(), Some(deadline)).await {
                 done.extend(
-                    again
+                    batch
                         .into_iter()
-                        .zip(refusals)
-                        .map(|((key, _), error)| (key, Err(error))),
+                        .chain(refused.drain(..))
+                        .map(|(key, _, error)| (key, Err(error))),
                 );
                 break;
             }
-            items = again;
+            let batch = batch
+                .into_iter()
+                .map(|(key, task, _)| (key, task))
+                .collect();
+            self.batch_round(
+                batch,
+                deadline,
+                call,
+                &mut done,
+                &mut unimplemented,
+                &mut refused,
+            )
+            .await;
         }
         if !unimplemented.is_empty() {
             if self.note_batch_create_unimplemented() {
@@ -200,6 +207,32 @@ impl CloudTasksClient {
             done.extend(self.create_each(unimplemented, call).await);
         }
         done
+    }
+
+    /// Sends `items` as one batch and sorts each task's round into what is settled, what goes
+    /// with `CreateTask`, and what was refused for quota (which slows the pace).
+    async fn batch_round<K>(
+        &self,
+        items: Vec<(K, Task)>,
+        deadline: Instant,
+        call: &BulkCall,
+        done: &mut Vec<Keyed<K>>,
+        unimplemented: &mut Vec<(K, Task)>,
+        refused: &mut VecDeque<(K, Task, Error)>,
+    ) {
+        let (keys, tasks): (Vec<K>, Vec<Task>) = items.into_iter().unzip();
+        let rounds = self.create_batch_once(tasks, deadline, call).await;
+        let refused_before = refused.len();
+        for (key, round) in keys.into_iter().zip(rounds) {
+            match round {
+                Round::Done(outcome) => done.push((key, call.outcome(outcome))),
+                Round::Exhausted(task, error) => refused.push_back((key, *task, error)),
+                Round::Unimplemented(task) => unimplemented.push((key, *task)),
+            }
+        }
+        if refused.len() > refused_before {
+            call.pacer.exhausted();
+        }
     }
 
     /// One `BatchCreateTasks` call, retried with its `request_id` and followed to its end.
@@ -273,6 +306,16 @@ impl CloudTasksClient {
                 send.finish(Some(&error));
                 return sent_tasks
                     .map(|task| Round::Unimplemented(Box::new(task)))
+                    .collect();
+            }
+            // Refused for quota, and no attempt may have been processed: sent again in smaller
+            // batches (the retry loop does not resend a batch above the lowered rate whole).
+            Err(error)
+                if error.code() == Some(Code::ResourceExhausted) && !error.task_may_exist() =>
+            {
+                send.finish(Some(&error));
+                return sent_tasks
+                    .map(|task| Round::Exhausted(Box::new(task), error.clone()))
                     .collect();
             }
             // UNIMPLEMENTED after an attempt that may have created the tasks: that attempt's

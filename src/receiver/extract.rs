@@ -94,28 +94,42 @@ where
     type Rejection = CloudTaskRejection;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let verifier = OidcVerifier::from_ref(state);
-        let (parts, body) = request.into_parts();
-        // Nothing else is read from a request whose token fails.
-        let token = verifier
-            .verify_request(&parts.headers)
+        checked(request, state)
             .await
-            .map_err(Rejection::from)?;
-        let context = TaskContext::from_headers(&parts.headers).map_err(Rejection::from)?;
-        let processing = crate::telemetry::receiving::Processing::start(&parts.headers, &context);
-        let body = Bytes::from_request(Request::from_parts(parts, body), state)
-            .await
-            .map_err(|error| Rejection::Payload {
-                reason: format!("cannot read the body: {}", error.body_text()),
-            })?;
-        let payload = serde_json::from_slice(&body).map_err(Rejection::payload)?;
-        Ok(Self(Delivery {
-            processing,
-            token,
-            context,
-            payload,
-        }))
+            .map(Self)
+            .inspect_err(crate::telemetry::receiving::rejected)
+            .map_err(CloudTaskRejection)
     }
+}
+
+/// [`receive`](super::receive)'s checks, with the body read through axum's limit.
+async fn checked<S, T>(request: Request, state: &S) -> Result<Delivery<T>, Rejection>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+    OidcVerifier: FromRef<S>,
+{
+    let verifier = OidcVerifier::from_ref(state);
+    let (parts, body) = request.into_parts();
+    // Nothing else is read from a request whose token fails.
+    let token = verifier
+        .verify_request(&parts.headers)
+        .await
+        .map_err(Rejection::from)?;
+    let context = TaskContext::from_headers(&parts.headers).map_err(Rejection::from)?;
+    let processing = crate::telemetry::receiving::Processing::start(&parts.headers, &context);
+    let body = Bytes::from_request(Request::from_parts(parts, body), state)
+        .await
+        .map_err(|error| Rejection::Payload {
+            reason: format!("cannot read the body: {}", error.body_text()),
+        })?;
+    let payload = serde_json::from_slice(&body).map_err(Rejection::payload)?;
+    Ok(Delivery {
+        processing,
+        token,
+        context,
+        payload,
+    })
 }
 
 /// Why [`CloudTask`] refused a request; answers with [`Rejection::status_code`].

@@ -129,6 +129,16 @@ pub async fn receive<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Delivery<T>, Rejection> {
+    checked(verifier, headers, body)
+        .await
+        .inspect_err(crate::telemetry::receiving::rejected)
+}
+
+async fn checked<T: DeserializeOwned>(
+    verifier: &OidcVerifier,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Delivery<T>, Rejection> {
     let token = verifier.verify_request(headers).await?;
     let context = TaskContext::from_headers(headers)?;
     let payload = serde_json::from_slice(body).map_err(Rejection::payload)?;

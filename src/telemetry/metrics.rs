@@ -29,6 +29,8 @@ pub(super) struct Instruments {
     pace: Gauge<f64>,
     #[cfg(feature = "receiver")]
     pub(super) process_duration: Histogram<f64>,
+    #[cfg(feature = "receiver")]
+    pub(super) rejected_deliveries: Counter<u64>,
 }
 
 pub(super) fn instruments() -> &'static Instruments {
@@ -69,6 +71,12 @@ pub(super) fn instruments() -> &'static Instruments {
                 .with_unit("s")
                 .with_description("Duration of a Cloud Tasks delivery's processing")
                 .with_boundaries(DURATION_BOUNDS.to_vec())
+                .build(),
+            #[cfg(feature = "receiver")]
+            rejected_deliveries: meter
+                .u64_counter(name::REJECTED_DELIVERIES)
+                .with_unit("{delivery}")
+                .with_description("Deliveries refused before processing, by reason")
                 .build(),
         }
     })

@@ -84,6 +84,11 @@ pub mod attributes {
     pub const OUTCOME: &str = "messaging.gcp_cloud_tasks.outcome";
     /// The document a task processes.
     pub const DOCUMENT_ID: &str = "cloud_tasks.document_id";
+    /// The status a refused delivery was answered with.
+    pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
+    /// Which check refused a delivery's OIDC token (`signature`, `aud`, `exp`, ... as
+    /// `VerifyError::check` names it).
+    pub const REJECTED_CHECK: &str = "gcp_cloud_tasks.receiver.check";
 }
 
 /// Metric names. The call and attempt histograms take Google's names, the task and processing
@@ -102,6 +107,9 @@ pub mod metric_names {
     pub const PACE: &str = "gcp_cloud_tasks.client.pace";
     /// Histogram (s): one delivery's processing, by its outcome.
     pub const PROCESS_DURATION: &str = "messaging.process.duration";
+    /// Counter: deliveries refused before processing, by `error.type` (`token`, `headers`,
+    /// `payload`), the token check that failed and the status answered.
+    pub const REJECTED_DELIVERIES: &str = "gcp_cloud_tasks.receiver.rejected_deliveries";
 }
 
 use attributes as attr;

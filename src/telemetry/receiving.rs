@@ -1,5 +1,6 @@
 //! The receiving side's part: one processing span per delivery, linked to the span that
-//! enqueued the task, and the processing duration by outcome.
+//! enqueued the task, the processing duration by outcome, and the deliveries refused before
+//! processing.
 
 use std::future::Future;
 use std::time::Instant;
@@ -9,7 +10,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use super::{MESSAGING_SYSTEM_VALUE, attributes as attr};
-use crate::receiver::{TaskContext, TaskOutcome};
+use crate::receiver::{Rejection, TaskContext, TaskOutcome};
 
 /// A delivery's processing: its span and when it started.
 #[derive(Debug, Clone)]
@@ -104,4 +105,37 @@ fn outcome_name(outcome: &TaskOutcome) -> &'static str {
         TaskOutcome::RetryLater { .. } => "retry_later",
         TaskOutcome::GiveUp { .. } => "give_up",
     }
+}
+
+/// Counts a delivery refused before processing (feature `opentelemetry`), by the kind of
+/// problem, the token check that failed and the status answered: every delivery refused behind
+/// a misconfigured front end shows here, where no processing is recorded at all. Only these
+/// bounded values become attributes; nothing the request's sender chose does (a queue or task
+/// name read from an unverified request could be anything).
+pub(crate) fn rejected(rejection: &Rejection) {
+    #[cfg(feature = "opentelemetry")]
+    {
+        use opentelemetry::KeyValue;
+        let (kind, check) = match rejection {
+            Rejection::Token(error) => ("token", error.check()),
+            Rejection::Headers(_) => ("headers", ""),
+            Rejection::Payload { .. } => ("payload", ""),
+        };
+        let mut attributes = vec![
+            KeyValue::new(attr::MESSAGING_SYSTEM, MESSAGING_SYSTEM_VALUE),
+            KeyValue::new(attr::ERROR_TYPE, kind),
+            KeyValue::new(
+                attr::HTTP_RESPONSE_STATUS_CODE,
+                i64::from(rejection.status_code().as_u16()),
+            ),
+        ];
+        if !check.is_empty() {
+            attributes.push(KeyValue::new(attr::REJECTED_CHECK, check));
+        }
+        super::metrics::instruments()
+            .rejected_deliveries
+            .add(1, &attributes);
+    }
+    #[cfg(not(feature = "opentelemetry"))]
+    let _ = rejection;
 }

@@ -796,6 +796,45 @@ mod tests {
         }
     }
 
+    /// The socket a dialer opens carries TCP_USER_TIMEOUT = the keepalive timeout, so data the
+    /// peer never acknowledges (a connection dropped without FIN or RST, a PING into the void)
+    /// closes it in the kernel too, not only in the keepalive above it.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_socket_gives_up_on_unacknowledged_data_after_the_keepalive_timeout() {
+        use std::os::fd::AsRawFd;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let options = ConnectionOptions {
+            keepalive_timeout: Duration::from_millis(7250),
+            ..options()
+        };
+        let dialer = Dialer::new(&endpoint, Security::Plaintext, options).unwrap();
+        let tcp = dialer
+            .connector
+            .clone()
+            .call(dialer.connect_uri.clone())
+            .await
+            .unwrap()
+            .into_inner();
+
+        let mut milliseconds: libc::c_uint = 0;
+        let mut length = libc::socklen_t::try_from(std::mem::size_of::<libc::c_uint>()).unwrap();
+        // SAFETY: a valid socket descriptor, and a value and length that match the option.
+        let status = unsafe {
+            libc::getsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                std::ptr::from_mut(&mut milliseconds).cast(),
+                &raw mut length,
+            )
+        };
+        assert_eq!(status, 0, "{}", std::io::Error::last_os_error());
+        assert_eq!(milliseconds, 7250);
+    }
+
     /// With calls outstanding, one PING after half the keepalive timeout without a frame; once
     /// answered, the next one waits for an answer's headers (which reset the server's strikes)
     /// or for 5 minutes, so a server that stays silent is not PINGed into GOAWAY.
