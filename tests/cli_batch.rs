@@ -813,20 +813,7 @@ async fn a_server_without_batch_create_tasks_is_said_once_and_loses_nothing() {
         "only the batches in flight asked: {batches}"
     );
     assert_eq!(server.create_task_calls().len(), 1000);
-    let mut stored: Vec<Uuid> = server
-        .tasks()
-        .iter()
-        .map(|task| match &task.message_type {
-            Some(cloud_tasks::proto::MessageType::HttpRequest(http)) => {
-                serde_json::from_slice::<Value>(&http.body).unwrap()["document_id"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap()
-            }
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let mut stored = stored_documents(&server);
     stored.sort_unstable();
     let mut expected: Vec<Uuid> = docs.iter().map(|(id, _)| *id).collect();
     expected.sort_unstable();
