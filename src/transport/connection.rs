@@ -785,6 +785,42 @@ mod tests {
         );
     }
 
+    /// An image without CA certificates, simulated as rustls-native-certs reads the platform's:
+    /// `SSL_CERT_FILE` and `SSL_CERT_DIR` point at nothing, so the platform contributes no root.
+    /// The environment is the process's, so the check runs in a child process of this test
+    /// binary.
+    #[test]
+    fn without_platform_certificates_the_bundled_roots_still_verify_google() {
+        const CHILD: &str = "CLOUD_TASKS_TEST_NO_PLATFORM_CERTIFICATES";
+        if std::env::var_os(CHILD).is_some() {
+            assert_eq!(
+                root_certificates().len(),
+                webpki_roots::TLS_SERVER_ROOTS.len(),
+                "the bundled roots, and nothing from the platform"
+            );
+            return;
+        }
+        let nowhere =
+            std::env::temp_dir().join(format!("no-ca-certificates-{}", uuid::Uuid::new_v4()));
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "transport::connection::tests::without_platform_certificates_the_bundled_roots_still_verify_google",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .env("SSL_CERT_FILE", &nowhere)
+            .env("SSL_CERT_DIR", &nowhere)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{report}");
+        assert!(
+            report.contains("1 passed"),
+            "the child ran the check: {report}"
+        );
+    }
+
     fn options() -> ConnectionOptions {
         ConnectionOptions {
             connect_timeout: Duration::from_secs(1),
