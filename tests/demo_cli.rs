@@ -197,3 +197,134 @@ fn each_delivery_shows_its_uploads_trace(stdout: &str, documents: usize, deliver
     let distinct: std::collections::HashSet<_> = enqueues.iter().map(|(_, t)| t).collect();
     assert_eq!(distinct.len(), documents, "one trace per upload: {stdout}");
 }
+
+/// What a stand-in OTLP/HTTP collector received: decoded trace and metric exports.
+#[derive(Default)]
+struct Collected {
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+    metric_names: std::collections::HashSet<String>,
+}
+
+/// A stand-in OTLP collector on 127.0.0.1 (`/v1/traces`, `/v1/metrics`, protobuf), as an
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` would name; answers each export with 200 and an empty message.
+async fn collector() -> (String, std::sync::Arc<std::sync::Mutex<Collected>>) {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let collected = std::sync::Arc::new(std::sync::Mutex::new(Collected::default()));
+    let traces = collected.clone();
+    let metrics = collected.clone();
+    let protobuf = || [(axum::http::header::CONTENT_TYPE, "application/x-protobuf")];
+    let router = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                let request = ExportTraceServiceRequest::decode(body).unwrap();
+                let spans = request
+                    .resource_spans
+                    .into_iter()
+                    .flat_map(|resource| resource.scope_spans)
+                    .flat_map(|scope| scope.spans);
+                traces.lock().unwrap().spans.extend(spans);
+                (protobuf(), Vec::new())
+            }),
+        )
+        .route(
+            "/v1/metrics",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                let request = ExportMetricsServiceRequest::decode(body).unwrap();
+                let names = request
+                    .resource_metrics
+                    .into_iter()
+                    .flat_map(|resource| resource.scope_metrics)
+                    .flat_map(|scope| scope.metrics)
+                    .map(|metric| metric.name);
+                metrics.lock().unwrap().metric_names.extend(names);
+                (protobuf(), Vec::new())
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (endpoint, collected)
+}
+
+/// Issue 18's "done when", end to end: `cloud-tasks demo` exporting to an OTLP collector shows
+/// each upload's enqueue (its `send` span and the CreateTask attempt under it) and every
+/// delivery's processing, the retried one included, linked to that enqueue; and the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_exports_each_enqueue_linked_to_every_delivery_to_an_otlp_collector() {
+    let (endpoint, collected) = collector().await;
+    let output = tokio::task::spawn_blocking(move || {
+        cloud_tasks(
+            &["demo", "--documents", "3", "--fail-first-attempts", "1"],
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        )
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let collected = collected.lock().unwrap();
+    let named = |name: &str| -> Vec<_> {
+        collected
+            .spans
+            .iter()
+            .filter(|span| span.name == name)
+            .collect()
+    };
+    let uploads = named("upload");
+    let sends = named("send document-processing");
+    let processes = named("process document-processing");
+    assert_eq!(uploads.len(), 3, "{:#?}", collected.spans);
+    assert_eq!(sends.len(), 3);
+    assert_eq!(processes.len(), 4, "3 documents, one delivered twice");
+    for send in &sends {
+        assert!(
+            uploads
+                .iter()
+                .any(|upload| upload.trace_id == send.trace_id),
+            "the enqueue is in its upload's trace"
+        );
+        assert!(
+            collected
+                .spans
+                .iter()
+                .any(|attempt| attempt.parent_span_id == send.span_id),
+            "the CreateTask attempt under the enqueue"
+        );
+    }
+    let mut deliveries_per_send = vec![0; sends.len()];
+    for process in &processes {
+        assert_eq!(process.links.len(), 1, "{process:#?}");
+        let link = &process.links[0];
+        let send = sends
+            .iter()
+            .position(|send| send.trace_id == link.trace_id && send.span_id == link.span_id)
+            .unwrap_or_else(|| panic!("a delivery linked to no enqueue: {process:#?}"));
+        deliveries_per_send[send] += 1;
+    }
+    deliveries_per_send.sort_unstable();
+    assert_eq!(
+        deliveries_per_send,
+        [1, 1, 2],
+        "the retried document's two deliveries"
+    );
+    for metric in [
+        "gcp.client.request.duration",
+        "messaging.client.sent.messages",
+        "messaging.process.duration",
+    ] {
+        assert!(
+            collected.metric_names.contains(metric),
+            "{metric} in {:?}",
+            collected.metric_names
+        );
+    }
+}
