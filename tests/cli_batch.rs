@@ -299,7 +299,14 @@ async fn ctrl_c_stops_reading_finishes_what_was_read_and_a_dedupe_rerun_complete
     let dir = temp_dir();
     let lines = document_lines(&documents(400));
     // The first 250 lines arrive, then the input stalls (stdin stays open).
-    let (child, stdin) = spawn_with_input(&server.host(), &dir, &["--dedupe"], &lines[..250]).await;
+    // A linger longer than the test, so the 50 of the third batch stay read but unsent.
+    let (child, stdin) = spawn_with_input(
+        &server.host(),
+        &dir,
+        &["--dedupe", "--linger", "1h"],
+        &lines[..250],
+    )
+    .await;
     wait_until(
         || server.tasks().len() >= 200,
         "two full batches were not sent",
@@ -927,5 +934,43 @@ async fn a_server_gone_after_storing_reports_the_stored_as_may_exist_and_resumin
     let mut all: Vec<Uuid> = docs.iter().map(|(id, _)| *id).collect();
     all.sort_unstable();
     assert_eq!(stored, all, "every document stored exactly once");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The fault: the input stalls (stdin stays open) with a batch not full. After the linger its
+/// 5 documents are sent anyway, without waiting for more input or its end; when the input then
+/// ends, the run says all 5 were created, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_batch_is_sent_when_the_input_pauses() {
+    let server = MockCloudTasks::start().await.unwrap();
+    let dir = temp_dir();
+    let docs = documents(5);
+    let (child, stdin) = spawn_with_input(
+        &server.host(),
+        &dir,
+        &["--linger", "200ms"],
+        &document_lines(&docs),
+    )
+    .await;
+    wait_until(
+        || server.tasks().len() == 5,
+        "the partial batch was held while the input paused",
+    )
+    .await;
+    assert_eq!(server.batch_create_tasks_calls().len(), 1);
+
+    drop(stdin);
+    let output = child.wait_with_output().await.unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("5 created, 0 already enqueued, 0 failed"),
+        "{err}"
+    );
+    let mut stored = stored_documents(&server);
+    stored.sort_unstable();
+    let mut expected: Vec<Uuid> = docs.iter().map(|(id, _)| *id).collect();
+    expected.sort_unstable();
+    assert_eq!(stored, expected);
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -119,6 +119,12 @@ impl<K: Send + 'static> BatchEnqueuer<K> {
         self.in_flight.len()
     }
 
+    /// Tasks pushed but not sent yet: a batch that is not full. [`BatchEnqueuer::flush`] sends
+    /// them, for a caller whose input pauses (so they are not held until more arrives).
+    pub fn queued(&self) -> usize {
+        self.pending.len()
+    }
+
     /// The rate tasks may be created at now, in tasks per second: the [`RateLimit`]'s plan,
     /// or less after RESOURCE_EXHAUSTED; `None` without a limit.
     pub fn current_rate(&self) -> Option<f64> {

@@ -78,6 +78,12 @@ pub(crate) struct EnqueueBatchArgs {
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION",
           default_value = "30s")]
     stop_after: Duration,
+    /// How long a batch that is not full waits for more input before it is sent anyway, so
+    /// documents from a stalled or trickling input (a pipe, a queue consumer) are not held
+    /// until more arrive or the input ends.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION",
+          default_value = "1s")]
+    linger: Duration,
 }
 
 impl EnqueueBatchArgs {
@@ -179,6 +185,7 @@ async fn enqueue_all(args: EnqueueBatchArgs) -> Result<u8, Error> {
         undecided: BTreeMap::new(),
         concurrency,
         stop_after: args.stop_after,
+        linger: args.linger,
         unsent_streak: UnsentStreak::default(),
         rate_limit: enqueuer.current_rate(),
         line_number: 0,
@@ -350,6 +357,8 @@ struct Run {
     undecided: BTreeMap<u64, Undecided>,
     concurrency: usize,
     stop_after: Duration,
+    /// How long a partial batch waits for more input.
+    linger: Duration,
     unsent_streak: UnsentStreak,
     /// The enqueuer's current rate limit in tasks per second, as of the last document.
     rate_limit: Option<f64>,
@@ -378,6 +387,7 @@ impl Run {
         mut enqueuer: BatchEnqueuer<u64>,
         mut signals: Signals,
     ) -> Stop {
+        let mut last_line = tokio::time::Instant::now();
         let stop = loop {
             if self.stdout_error.is_some() {
                 break Stop::Stdout;
@@ -400,6 +410,7 @@ impl Run {
                     match line {
                         Ok(None) => break Stop::End,
                         Ok(Some((number, text))) => {
+                            last_line = tokio::time::Instant::now();
                             self.line_number = number;
                             self.enqueue_line(number, text, &mut enqueuer).await;
                         }
@@ -408,6 +419,14 @@ impl Run {
                     if let Some(progress) = &self.progress {
                         progress.set_position(input.bytes_read());
                     }
+                }
+                // The input paused with a batch not full: send it rather than hold it until
+                // more arrives. Only while its call can start, so the flush never waits.
+                () = tokio::time::sleep_until(last_line + self.linger),
+                    if enqueuer.queued() > 0 && enqueuer.in_flight() < self.concurrency =>
+                {
+                    let done = enqueuer.flush().await;
+                    self.record(done);
                 }
             }
         };
