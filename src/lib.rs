@@ -97,7 +97,7 @@ pub use documents::{ListTasksOptions, MAX_LIST_PAGE_SIZE, TaskPager};
 pub use error::{Code, ConfigError, ConfigProblem, Error, Status};
 pub use google_cloud_auth::credentials::Credentials;
 pub use payload::{PROCESS_DOCUMENT_PATH, ProcessDocumentPayload};
-pub use rate::{RAMP_INTERVAL, RAMP_START, RateLimit};
+pub use rate::{DEFAULT_CEILING, RAMP_INTERVAL, RAMP_START, RateLimit};
 pub use retry::RetryPolicy;
 pub use task::{DEFAULT_DISPATCH_DEADLINE, DocumentTask, HttpTask, NewTask};
 pub use uuid::Uuid;

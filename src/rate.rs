@@ -21,6 +21,11 @@ use tokio::time::Instant;
 pub const RAMP_START: u32 = 500;
 /// How often the ramp grows, by at most 50%: every 5 minutes.
 pub const RAMP_INTERVAL: Duration = Duration::from_secs(300);
+/// Where the default ramp stops growing, in tasks per second. Past about 1000 operations a
+/// second on one queue (creates plus dispatches), Google's "Manage scaling risks" guidance
+/// warns of later delivery than normal; a backfill that needs more spreads over several
+/// queues, or lifts this with [`RateLimit::with_ceiling`] (`enqueue-batch --rate`).
+pub const DEFAULT_CEILING: u32 = 1000;
 const RAMP_GROWTH: f64 = 1.5;
 /// The slowest pace RESOURCE_EXHAUSTED brings a run down to, in tasks per second.
 const MIN_RATE: f64 = 1.0;
@@ -35,7 +40,8 @@ const RECOVERY_PER_SECOND: f64 = 1.1;
 /// How fast a bulk enqueue may create tasks, counted in tasks (a batch of 100 is 100 tasks).
 ///
 /// The default follows Cloud Tasks' 500/50/5 guidance: 500 tasks/s, then 50% more every 5
-/// minutes, counted from the first send. Whatever the plan, a RESOURCE_EXHAUSTED answer halves
+/// minutes, counted from the first send, up to [`DEFAULT_CEILING`] (1000 tasks/s, the most
+/// Google advises for one queue). Whatever the plan, a RESOURCE_EXHAUSTED answer halves
 /// the current rate and it recovers by 10% a second, compounded; the plan is the ceiling the
 /// recovery returns to, within `ln(plan / rate) / ln(1.1)` seconds (7.3 s after one halving).
 ///
@@ -44,9 +50,10 @@ const RECOVERY_PER_SECOND: f64 = 1.1;
 /// use cloud_tasks::RateLimit;
 ///
 /// let ramp = RateLimit::default();
-/// assert_eq!(ramp, RateLimit::ramp_from(500));
+/// assert_eq!(ramp, RateLimit::ramp_from(500).with_ceiling(1000));
 /// assert_eq!(ramp.planned_rate(Duration::ZERO), Some(500.0));
 /// assert_eq!(ramp.planned_rate(Duration::from_secs(300)), Some(750.0));
+/// assert_eq!(ramp.planned_rate(Duration::from_secs(600)), Some(1000.0));
 /// // 150,000 tasks at 500/s for the first 5 minutes, 750/s after.
 /// assert_eq!(ramp.time_to_send(300_000), Some(Duration::from_secs(500)));
 /// assert_eq!(RateLimit::fixed(50).time_to_send(100), Some(Duration::from_secs(2)));
@@ -64,11 +71,20 @@ pub struct RateLimit {
 
 impl Default for RateLimit {
     fn default() -> Self {
-        Self::ramp_from(RAMP_START)
+        Self::recommended()
     }
 }
 
 impl RateLimit {
+    /// The default: Cloud Tasks' ramp from [`RAMP_START`] up to [`DEFAULT_CEILING`].
+    pub const fn recommended() -> Self {
+        Self {
+            start: Some(at_least_one(RAMP_START)),
+            ceiling: at_least_one(DEFAULT_CEILING),
+            ramp: true,
+        }
+    }
+
     /// Starts at `tasks_per_second` (at least 1) and grows by 50% every 5 minutes, without a
     /// ceiling unless [`RateLimit::with_ceiling`] sets one.
     pub const fn ramp_from(tasks_per_second: u32) -> Self {
@@ -336,7 +352,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_default_ramp_starts_at_500_per_second_and_grows_50_percent_every_5_minutes() {
+    async fn the_ramp_starts_at_500_per_second_and_grows_50_percent_every_5_minutes() {
         let pacer = Pacer::new(RateLimit::default());
         let started = Instant::now();
         // The first second: 500 tasks, in calls spaced 0.2 s apart.
@@ -349,7 +365,7 @@ mod tests {
         }
         assert_eq!(first_second, 500);
 
-        let pacer = Pacer::new(RateLimit::default());
+        let pacer = Pacer::new(RateLimit::ramp_from(RAMP_START));
         let per_step = tasks_per_step(&pacer, Duration::from_secs(20 * 60)).await;
         let rates: Vec<f64> = per_step
             .iter()
@@ -362,6 +378,21 @@ mod tests {
                 (rate - planned).abs() <= 100.0 / 300.0 + 1e-9,
                 "step {step}: {rate} tasks/s against {planned}: {rates:?}"
             );
+        }
+        assert_eq!(rates.len(), 4);
+    }
+
+    /// The default stops growing at 1000 tasks/s: 500, 750, then 1000 from the tenth minute.
+    #[tokio::test(start_paused = true)]
+    async fn the_default_ramp_stops_at_1000_per_second() {
+        let pacer = Pacer::new(RateLimit::default());
+        let per_step = tasks_per_step(&pacer, Duration::from_secs(20 * 60)).await;
+        let rates: Vec<f64> = per_step
+            .iter()
+            .map(|tasks| *tasks as f64 / RAMP_INTERVAL.as_secs_f64())
+            .collect();
+        for (rate, planned) in rates.iter().zip([500.0, 750.0, 1000.0, 1000.0]) {
+            assert!((rate - planned).abs() <= 100.0 / 300.0 + 1e-9, "{rates:?}");
         }
         assert_eq!(rates.len(), 4);
     }
@@ -479,12 +510,17 @@ mod tests {
 
     #[test]
     fn the_estimate_follows_the_ramp() {
-        let ramp = RateLimit::default();
+        let ramp = RateLimit::ramp_from(RAMP_START);
         assert_eq!(ramp.time_to_send(0), Some(Duration::ZERO));
         assert_eq!(ramp.time_to_send(500), Some(Duration::from_secs(1)));
         // 150k + 225k in the first 10 minutes, then 1125/s.
         assert_eq!(
             ramp.time_to_send(375_000 + 112_500),
+            Some(Duration::from_secs(700))
+        );
+        // The default: 1000/s from the tenth minute on.
+        assert_eq!(
+            RateLimit::default().time_to_send(375_000 + 100_000),
             Some(Duration::from_secs(700))
         );
         let capped = RateLimit::ramp_from(500).with_ceiling(600);

@@ -56,7 +56,7 @@ impl Default for BatchOptions {
 
 impl BatchOptions {
     /// Batches of 100, 8 calls in flight, documents not de-duplicated, Cloud Tasks' 500/50/5
-    /// ramp ([`RateLimit::default`]), a [`DEFAULT_BATCH_TIMEOUT`] deadline per call, outcomes
+    /// ramp up to 1000 tasks/s ([`RateLimit::default`]), a [`DEFAULT_BATCH_TIMEOUT`] deadline per call, outcomes
     /// without the created tasks.
     pub const fn new() -> Self {
         Self {
@@ -65,7 +65,7 @@ impl BatchOptions {
             batch_size: MAX_BATCH_SIZE,
             dedupe: false,
             call: CallOptions::new(),
-            rate_limit: RateLimit::ramp_from(crate::rate::RAMP_START),
+            rate_limit: RateLimit::recommended(),
             created_tasks: false,
         }
     }

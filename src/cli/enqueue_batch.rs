@@ -17,8 +17,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use cloud_tasks::{
-    BatchEnqueuer, BatchOptions, CallOptions, CloudTasksClient, DocumentTask, EnqueueMode,
-    Enqueued, Error, ProcessDocumentPayload, RAMP_START, RateLimit, Settings,
+    BatchEnqueuer, BatchOptions, CallOptions, CloudTasksClient, DEFAULT_CEILING, DocumentTask,
+    EnqueueMode, Enqueued, Error, ProcessDocumentPayload, RAMP_START, RateLimit, Settings,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
@@ -53,7 +53,8 @@ pub(crate) struct EnqueueBatchArgs {
     #[arg(long)]
     per_task: bool,
     /// Create at most N tasks per second: the ramp stops growing at N (and starts at N if N is
-    /// below 500); with --no-ramp, N is the rate from the start.
+    /// below 500); with --no-ramp, N is the rate from the start. Without it the ramp stops at
+    /// 1000, the most Google advises for one queue (creates plus dispatches).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate: Option<u32>,
     /// Skip Cloud Tasks' ramp (start at 500 tasks/s, at most 50% more every 5 minutes): run at
@@ -90,7 +91,7 @@ impl EnqueueBatchArgs {
     /// The pace `--rate` and `--no-ramp` ask for.
     fn rate_limit(&self) -> RateLimit {
         match (self.no_ramp, self.rate) {
-            (false, None) => RateLimit::ramp_from(RAMP_START),
+            (false, None) => RateLimit::default(),
             (false, Some(rate)) => RateLimit::ramp_from(RAMP_START).with_ceiling(rate),
             (true, Some(rate)) => RateLimit::fixed(rate),
             (true, None) => RateLimit::none(),
@@ -100,9 +101,10 @@ impl EnqueueBatchArgs {
     /// The pace in words, for `--dry-run`.
     fn describe_pace(&self) -> String {
         match (self.no_ramp, self.rate) {
-            (false, None) => {
-                format!("Cloud Tasks' ramp (from {RAMP_START} tasks/s, 50% more every 5 minutes)")
-            }
+            (false, None) => format!(
+                "Cloud Tasks' ramp (from {RAMP_START} tasks/s, 50% more every 5 minutes, up to \
+                 {DEFAULT_CEILING} tasks/s)"
+            ),
             (false, Some(rate)) if rate <= RAMP_START => format!("{rate} tasks/s"),
             (false, Some(rate)) => format!(
                 "Cloud Tasks' ramp (from {RAMP_START} tasks/s, 50% more every 5 minutes, up to \
