@@ -158,32 +158,8 @@ impl CloudTasksClient {
         let mut done = Vec::with_capacity(items.len());
         let mut unimplemented = Vec::new();
         let mut refused = VecDeque::new();
-        self.batch_round(
-            items,
-            deadline,
-            call,
-            &mut done,
-            &mut unimplemented,
-            &mut refused,
-        )
-        .await;
-        while !refused.is_empty() {
-            let size = call.pacer.tasks_per_call(refused.len());
-            let batch: Vec<(K, Task, Error)> = refused.drain(..size).collect();
-            // A turn after the deadline is not taken: the refused tasks fail, not created.
-            if !call.pacer.acquire_before(batch.len(), Some(deadline)).await {
-                done.extend(
-                    batch
-                        .into_iter()
-                        .chain(refused.drain(..))
-                        .map(|(key, _, error)| (key, Err(error))),
-                );
-                break;
-            }
-            let batch = batch
-                .into_iter()
-                .map(|(key, task, _)| (key, task))
-                .collect();
+        let mut batch = items;
+        loop {
             self.batch_round(
                 batch,
                 deadline,
@@ -193,6 +169,25 @@ impl CloudTasksClient {
                 &mut refused,
             )
             .await;
+            if refused.is_empty() {
+                break;
+            }
+            let size = call.pacer.tasks_per_call(refused.len());
+            let again: Vec<(K, Task, Error)> = refused.drain(..size).collect();
+            // A turn after the deadline is not taken: the refused tasks fail, not created.
+            if !call.pacer.acquire_before(again.len(), Some(deadline)).await {
+                done.extend(
+                    again
+                        .into_iter()
+                        .chain(refused.drain(..))
+                        .map(|(key, _, error)| (key, Err(error))),
+                );
+                break;
+            }
+            batch = again
+                .into_iter()
+                .map(|(key, task, _)| (key, task))
+                .collect();
         }
         if !unimplemented.is_empty() {
             if self.note_batch_create_unimplemented() {
