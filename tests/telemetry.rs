@@ -542,14 +542,13 @@ async fn each_delivery_links_to_its_documents_enqueue_through_a_rewriting_front_
     assert_eq!(count("done"), documents.len() as f64, "{processed:#?}");
 }
 
-/// A backfill started by a job with `TRACEPARENT`: every task it enqueues, alone or in a
-/// batch, carries the job's trace.
-#[tokio::test]
-async fn the_cli_continues_the_jobs_trace_from_traceparent() {
-    let job_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let (server, _client) = mock_and_client(common::QUEUE).await;
-    let enqueue = common::cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
-        .env("TRACEPARENT", format!("00-{job_trace}-00f067aa0ba902b7-01"))
+/// `cloud-tasks enqueue` of one new document, run with `TRACEPARENT` set to `traceparent`.
+async fn enqueue_one_with_traceparent(
+    server: &MockCloudTasks,
+    traceparent: &str,
+) -> std::process::Output {
+    common::cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
+        .env("TRACEPARENT", traceparent)
         .args([
             "enqueue",
             "--document-id",
@@ -559,7 +558,17 @@ async fn the_cli_continues_the_jobs_trace_from_traceparent() {
         ])
         .output()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// A backfill started by a job with `TRACEPARENT`: every task it enqueues, alone or in a
+/// batch, carries the job's trace.
+#[tokio::test]
+async fn the_cli_continues_the_jobs_trace_from_traceparent() {
+    let job_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let (server, _client) = mock_and_client(common::QUEUE).await;
+    let enqueue =
+        enqueue_one_with_traceparent(&server, &format!("00-{job_trace}-00f067aa0ba902b7-01")).await;
     assert!(enqueue.status.success(), "{enqueue:?}");
     let lines: String = (0..3)
         .map(|_| {
@@ -590,18 +599,7 @@ async fn the_cli_continues_the_jobs_trace_from_traceparent() {
 #[tokio::test]
 async fn the_cli_warns_about_a_malformed_traceparent() {
     let (server, _client) = mock_and_client(common::QUEUE).await;
-    let output = common::cli_command(env!("CARGO_BIN_EXE_cloud-tasks"), &server.host())
-        .env("TRACEPARENT", "not-a-trace")
-        .args([
-            "enqueue",
-            "--document-id",
-            &Uuid::new_v4().to_string(),
-            "--filename",
-            "one.pdf",
-        ])
-        .output()
-        .await
-        .unwrap();
+    let output = enqueue_one_with_traceparent(&server, "not-a-trace").await;
     assert!(output.status.success(), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
